@@ -1,0 +1,366 @@
+//! The `grants` object of a Twilio access token and each grant type.
+//!
+//! Field names follow the helper libraries (snake case on the wire). Fields appear in JSON only when
+//! set; an empty grant serialises as `{}`. Keys this crate does not know (legacy `ip_messaging`, `rtc`,
+//! or future grants) are kept in [`Grants::other`] and written back untouched.
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// The kinds of grant a token can carry, one per SDK family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum GrantKind {
+    /// Conversations and Programmable Chat (wire key `chat`).
+    Chat,
+    /// Sync (wire key `data_sync`).
+    Sync,
+    /// Programmable Voice (wire key `voice`).
+    Voice,
+    /// Programmable Video (wire key `video`).
+    Video,
+    /// TaskRouter (wire key `task_router`).
+    TaskRouter,
+    /// Live playback (wire key `player`).
+    Playback,
+}
+
+impl GrantKind {
+    /// Every kind, in wire order.
+    pub const ALL: [GrantKind; 6] = [
+        GrantKind::Chat,
+        GrantKind::Sync,
+        GrantKind::Voice,
+        GrantKind::Video,
+        GrantKind::TaskRouter,
+        GrantKind::Playback,
+    ];
+
+    /// The key this grant has inside the token's `grants` object.
+    pub fn wire_key(self) -> &'static str {
+        match self {
+            GrantKind::Chat => "chat",
+            GrantKind::Sync => "data_sync",
+            GrantKind::Voice => "voice",
+            GrantKind::Video => "video",
+            GrantKind::TaskRouter => "task_router",
+            GrantKind::Playback => "player",
+        }
+    }
+}
+
+impl fmt::Display for GrantKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GrantKind::Chat => "chat",
+            GrantKind::Sync => "sync",
+            GrantKind::Voice => "voice",
+            GrantKind::Video => "video",
+            GrantKind::TaskRouter => "task_router",
+            GrantKind::Playback => "playback",
+        })
+    }
+}
+
+/// Chat and Conversations grant (wire key `chat`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatGrant {
+    /// The Conversations / Chat service SID (`IS…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_sid: Option<String>,
+    /// A device-unique endpoint id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_id: Option<String>,
+    /// The deployment role SID (`RL…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_role_sid: Option<String>,
+    /// The push credential SID (`CR…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_credential_sid: Option<String>,
+}
+
+/// Sync grant (wire key `data_sync`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncGrant {
+    /// The Sync service SID (`IS…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_sid: Option<String>,
+    /// A device-unique endpoint id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_id: Option<String>,
+}
+
+/// Voice grant (wire key `voice`).
+///
+/// On the wire: `incoming: {allow: true}` only when [`incoming_allow`](Self::incoming_allow) is true,
+/// `outgoing: {application_sid, params}` only when an application SID is set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VoiceGrant {
+    /// Whether the client may receive incoming calls.
+    pub incoming_allow: bool,
+    /// The TwiML application SID (`AP…`) used for outgoing calls.
+    pub outgoing_application_sid: Option<String>,
+    /// Parameters passed to the outgoing application.
+    pub outgoing_application_params: Option<Value>,
+    /// The push credential SID (`CR…`).
+    pub push_credential_sid: Option<String>,
+    /// A device-unique endpoint id.
+    pub endpoint_id: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VoiceIncoming {
+    #[serde(default)]
+    allow: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VoiceOutgoing {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    application_sid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    params: Option<Value>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VoiceWire {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    incoming: Option<VoiceIncoming>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outgoing: Option<VoiceOutgoing>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    push_credential_sid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    endpoint_id: Option<String>,
+}
+
+impl Serialize for VoiceGrant {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        VoiceWire {
+            incoming: self.incoming_allow.then_some(VoiceIncoming { allow: true }),
+            outgoing: self
+                .outgoing_application_sid
+                .as_ref()
+                .map(|sid| VoiceOutgoing {
+                    application_sid: Some(sid.clone()),
+                    params: self.outgoing_application_params.clone(),
+                }),
+            push_credential_sid: self.push_credential_sid.clone(),
+            endpoint_id: self.endpoint_id.clone(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for VoiceGrant {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = VoiceWire::deserialize(deserializer)?;
+        let (outgoing_application_sid, outgoing_application_params) = match wire.outgoing {
+            Some(o) => (o.application_sid, o.params),
+            None => (None, None),
+        };
+        Ok(VoiceGrant {
+            incoming_allow: wire.incoming.is_some_and(|i| i.allow),
+            outgoing_application_sid,
+            outgoing_application_params,
+            push_credential_sid: wire.push_credential_sid,
+            endpoint_id: wire.endpoint_id,
+        })
+    }
+}
+
+/// Video grant (wire key `video`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VideoGrant {
+    /// The room name or SID the client may join; `None` allows any room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+}
+
+/// TaskRouter grant (wire key `task_router`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRouterGrant {
+    /// The workspace SID (`WS…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_sid: Option<String>,
+    /// The worker SID (`WK…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_sid: Option<String>,
+    /// The worker's role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// Playback grant (wire key `player`): an opaque object passed through as the server gave it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlaybackGrant(pub Value);
+
+/// One grant, as given to [`AccessTokenBuilder::grant`](crate::AccessTokenBuilder::grant).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Grant {
+    /// A [`ChatGrant`].
+    Chat(ChatGrant),
+    /// A [`SyncGrant`].
+    Sync(SyncGrant),
+    /// A [`VoiceGrant`].
+    Voice(VoiceGrant),
+    /// A [`VideoGrant`].
+    Video(VideoGrant),
+    /// A [`TaskRouterGrant`].
+    TaskRouter(TaskRouterGrant),
+    /// A [`PlaybackGrant`].
+    Playback(PlaybackGrant),
+}
+
+impl Grant {
+    /// Which kind of grant this is.
+    pub fn kind(&self) -> GrantKind {
+        match self {
+            Grant::Chat(_) => GrantKind::Chat,
+            Grant::Sync(_) => GrantKind::Sync,
+            Grant::Voice(_) => GrantKind::Voice,
+            Grant::Video(_) => GrantKind::Video,
+            Grant::TaskRouter(_) => GrantKind::TaskRouter,
+            Grant::Playback(_) => GrantKind::Playback,
+        }
+    }
+}
+
+macro_rules! grant_from {
+    ($($ty:ident => $variant:ident),* $(,)?) => {$(
+        impl From<$ty> for Grant {
+            fn from(g: $ty) -> Self {
+                Grant::$variant(g)
+            }
+        }
+    )*};
+}
+grant_from!(ChatGrant => Chat, SyncGrant => Sync, VoiceGrant => Voice, VideoGrant => Video,
+    TaskRouterGrant => TaskRouter, PlaybackGrant => Playback);
+
+/// The `grants` object of a token: the identity and one optional entry per grant kind.
+///
+/// Keys this crate does not know are kept in [`other`](Self::other), in their original order, and
+/// serialised back after the known ones.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Grants {
+    /// The user's identity (`grants.identity`).
+    pub identity: Option<String>,
+    /// `chat`.
+    pub chat: Option<ChatGrant>,
+    /// `data_sync`.
+    pub data_sync: Option<SyncGrant>,
+    /// `voice`.
+    pub voice: Option<VoiceGrant>,
+    /// `video`.
+    pub video: Option<VideoGrant>,
+    /// `task_router`.
+    pub task_router: Option<TaskRouterGrant>,
+    /// `player`.
+    pub player: Option<PlaybackGrant>,
+    /// Every other key (legacy `ip_messaging`, `rtc`, grants newer than this crate), untouched.
+    pub other: Map<String, Value>,
+}
+
+impl Grants {
+    /// Whether a grant of this kind is present.
+    pub fn has(&self, kind: GrantKind) -> bool {
+        match kind {
+            GrantKind::Chat => self.chat.is_some(),
+            GrantKind::Sync => self.data_sync.is_some(),
+            GrantKind::Voice => self.voice.is_some(),
+            GrantKind::Video => self.video.is_some(),
+            GrantKind::TaskRouter => self.task_router.is_some(),
+            GrantKind::Playback => self.player.is_some(),
+        }
+    }
+
+    /// The kinds present, in wire order.
+    pub fn kinds(&self) -> impl Iterator<Item = GrantKind> + '_ {
+        GrantKind::ALL.into_iter().filter(|k| self.has(*k))
+    }
+
+    /// Sets (or replaces) one grant.
+    pub fn set(&mut self, grant: Grant) {
+        match grant {
+            Grant::Chat(g) => self.chat = Some(g),
+            Grant::Sync(g) => self.data_sync = Some(g),
+            Grant::Voice(g) => self.voice = Some(g),
+            Grant::Video(g) => self.video = Some(g),
+            Grant::TaskRouter(g) => self.task_router = Some(g),
+            Grant::Playback(g) => self.player = Some(g),
+        }
+    }
+}
+
+impl Serialize for Grants {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        if let Some(identity) = &self.identity {
+            map.serialize_entry("identity", identity)?;
+        }
+        if let Some(g) = &self.chat {
+            map.serialize_entry("chat", g)?;
+        }
+        if let Some(g) = &self.data_sync {
+            map.serialize_entry("data_sync", g)?;
+        }
+        if let Some(g) = &self.voice {
+            map.serialize_entry("voice", g)?;
+        }
+        if let Some(g) = &self.video {
+            map.serialize_entry("video", g)?;
+        }
+        if let Some(g) = &self.task_router {
+            map.serialize_entry("task_router", g)?;
+        }
+        if let Some(g) = &self.player {
+            map.serialize_entry("player", g)?;
+        }
+        for (k, v) in &self.other {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Grants {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct GrantsVisitor;
+        impl<'de> Visitor<'de> for GrantsVisitor {
+            type Value = Grants;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a grants object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Grants, A::Error> {
+                let mut grants = Grants::default();
+                while let Some(key) = access.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "identity" => {
+                            grants.identity = Some(access.next_value::<String>().map_err(|_| {
+                                de::Error::custom("grants.identity is not a string")
+                            })?)
+                        }
+                        "chat" => grants.chat = Some(access.next_value()?),
+                        "data_sync" => grants.data_sync = Some(access.next_value()?),
+                        "voice" => grants.voice = Some(access.next_value()?),
+                        "video" => grants.video = Some(access.next_value()?),
+                        "task_router" => grants.task_router = Some(access.next_value()?),
+                        "player" => grants.player = Some(access.next_value()?),
+                        _ => {
+                            let value = access.next_value::<Value>()?;
+                            grants.other.insert(key.into_owned(), value);
+                        }
+                    }
+                }
+                Ok(grants)
+            }
+        }
+        deserializer.deserialize_map(GrantsVisitor)
+    }
+}
