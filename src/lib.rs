@@ -15,3 +15,19 @@ pub use token::grants::{GrantKind, Grants};
 pub use token::{
     AccessToken, AccessTokenBuilder, TokenError, DEFAULT_TTL, MAX_LIFETIME, MAX_TOKEN_LEN,
 };
+
+mod backoff;
+mod consumer;
+mod event;
+mod fetcher;
+mod manager;
+
+pub use backoff::Backoff;
+pub use consumer::{ConsumerError, ConsumerId, TokenConsumer};
+pub use event::{Event, Events};
+pub use fetcher::{fetcher_fn, FetchError, FetchReason, FetchRequest, TokenFetcher};
+pub use manager::error::{BuildError, RefreshError, UpdateError, UpdateReport};
+pub use manager::{
+    AccessManager, AccessManagerBuilder, DEFAULT_CONSUMER_TIMEOUT, DEFAULT_EVENT_CAPACITY,
+    DEFAULT_FETCH_TIMEOUT, DEFAULT_REFRESH_AHEAD,
+};

@@ -3,7 +3,7 @@
 // access-manager crate replaces. Run with:
 //   node --expose-gc twilio_common_bench.js
 // Env: N (managers, default 100000), OUT (JSON path, default ./peer_results.json),
-//      TTL_SECS (token lifetime, default 86400), UPDATE_ITERS, READ_ITERS.
+//      TTL_SECS (token lifetime, default 86400), UPDATE_ITERS, READ_ITERS, REPS.
 // See README.md for what is measured and how.
 
 const crypto = require('crypto');
@@ -25,6 +25,7 @@ const OUT = process.env.OUT || path.join(process.cwd(), 'peer_results.json');
 const TTL_SECS = parseInt(process.env.TTL_SECS || '86400', 10);
 const UPDATE_ITERS = parseInt(process.env.UPDATE_ITERS || '1000000', 10);
 const READ_ITERS = parseInt(process.env.READ_ITERS || '100000000', 10);
+const REPS = parseInt(process.env.REPS || '5', 10); // in-process repetitions; medians are reported
 const UPDATE_POOL = 1024; // distinct tokens cycled through by the update bench
 
 // ---------------------------------------------------------------- tokens ----
@@ -105,7 +106,8 @@ async function main() {
   const heapPerMgr = (afterSettled - before) / N;
   const heapPerMgrSync = (afterSync - before) / N;
   const sane = managers.every((am, i) => am.token === tokens[i] && !am.isExpired && am.identity === `user-m${i}`);
-  if (!sane) throw new Error('peer did not take the tokens as valid');
+  if (!sane) throw new Error('peer did not take the tokens as valid (isExpired flipped?' +
+    ' a TTL over ~24.8 days overflows its setTimeout and expires the token after 1 ms)');
 
   // ------------------------------------------- (b) awaited updateToken ----
   // The peer does not short-circuit identical tokens (every call re-parses and
@@ -122,7 +124,7 @@ async function main() {
   const pickTwo = (i) => [one, updTokens[i & 1]];
   const pickMany = (i) => [managers[i % N], updTokens[i & (UPDATE_POOL - 1)]];
   const upd = { pool: [], two: [], many: [] };
-  for (let r = 0; r < 5; r++) {
+  for (let r = 0; r < REPS; r++) {
     upd.pool.push(await benchUpdate(pickPool, UPDATE_ITERS));
     upd.two.push(await benchUpdate(pickTwo, UPDATE_ITERS));
     upd.many.push(await benchUpdate(pickMany, UPDATE_ITERS));
@@ -154,7 +156,7 @@ async function main() {
     return Number(process.hrtime.bigint() - t0) / READ_ITERS;
   }
   const rd = { many: [], one: [], plain: [] };
-  for (let r = 0; r < 5; r++) {
+  for (let r = 0; r < REPS; r++) {
     rd.many.push(timeRead(readMany));
     rd.one.push(timeRead((k) => readOne(one, k)));
     rd.plain.push(timeRead(readPlain));

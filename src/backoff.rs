@@ -1,0 +1,122 @@
+//! Retry timing: exponential [`Backoff`] with full jitter.
+
+use std::time::Duration;
+
+/// Exponential backoff: the n-th retry waits up to `initial × 2^(n-1)`, capped at `max`; with
+/// jitter (the default) the wait is drawn uniformly from `(0, that]` ("full jitter"), so many
+/// clients failing together do not retry together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    jitter: bool,
+}
+
+impl Backoff {
+    /// The default first delay: 1 s.
+    pub const DEFAULT_INITIAL: Duration = Duration::from_secs(1);
+    /// The default cap: 60 s.
+    pub const DEFAULT_MAX: Duration = Duration::from_secs(60);
+
+    /// Doubling from `initial` up to `max` (a `max` below `initial` is raised to it), with jitter.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max: max.max(initial),
+            jitter: true,
+        }
+    }
+
+    /// The same schedule without jitter: exact waits, for tests and for single clients.
+    pub fn without_jitter(mut self) -> Self {
+        self.jitter = false;
+        self
+    }
+
+    /// The first delay.
+    pub fn initial(&self) -> Duration {
+        self.initial
+    }
+
+    /// The cap.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
+
+    /// Whether waits are jittered.
+    pub fn has_jitter(&self) -> bool {
+        self.jitter
+    }
+
+    /// The longest wait before retry number `failures` (1 after the first failure).
+    pub fn ceiling(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(32);
+        self.initial
+            .checked_mul(1u32 << doublings.min(31))
+            .map_or(self.max, |d| d.min(self.max))
+    }
+
+    pub(crate) fn delay(&self, failures: u32, rng: &mut SplitMix64) -> Duration {
+        let ceiling = self.ceiling(failures);
+        if !self.jitter || ceiling.is_zero() {
+            return ceiling;
+        }
+        let nanos = ceiling.as_nanos().min(u64::MAX as u128) as u64;
+        // Uniform in (0, ceiling].
+        Duration::from_nanos(rng.next() % nanos + 1)
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new(Self::DEFAULT_INITIAL, Self::DEFAULT_MAX)
+    }
+}
+
+/// A small seedable generator (SplitMix64): jitter needs spread, not cryptographic strength.
+#[derive(Debug, Clone)]
+pub(crate) struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub(crate) fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, bound]`.
+    pub(crate) fn up_to(&mut self, bound: Duration) -> Duration {
+        let nanos = bound.as_nanos().min(u64::MAX as u128 - 1) as u64;
+        Duration::from_nanos(self.next() % (nanos + 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_to_the_cap() {
+        let b = Backoff::default().without_jitter();
+        let mut rng = SplitMix64::new(1);
+        let secs: Vec<u64> = (1..=9).map(|n| b.delay(n, &mut rng).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(b.ceiling(u32::MAX), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn full_jitter_stays_within_the_ceiling_and_spreads() {
+        let b = Backoff::default();
+        let mut rng = SplitMix64::new(7);
+        let waits: Vec<Duration> = (0..200).map(|_| b.delay(4, &mut rng)).collect();
+        assert!(waits.iter().all(|w| !w.is_zero() && *w <= Duration::from_secs(8)));
+        let below_half = waits.iter().filter(|w| **w < Duration::from_secs(4)).count();
+        assert!((60..140).contains(&below_half), "{below_half} of 200 below half");
+    }
+}

@@ -1,0 +1,130 @@
+//! What the manager tells the app: [`Event`]s, received through [`Events`].
+
+use crate::{AccessToken, TokenError};
+use futures_core::Stream;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
+
+/// Something that happened to the manager's token.
+///
+/// For each token, `TokenUpdated`, `TokenWillExpire` and `TokenExpired` come in that order, each at
+/// most once, and never for a token that has been replaced.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A new token became current (pushed by the app or fetched). Delivery to consumers follows.
+    TokenUpdated {
+        /// The new token.
+        token: AccessToken,
+    },
+    /// The current token entered its refresh-ahead window (`exp - refresh_ahead`); with a fetcher,
+    /// fetching starts.
+    TokenWillExpire {
+        /// The token about to expire.
+        token: AccessToken,
+    },
+    /// The current token expired and no new one arrived in time; fetching goes on.
+    TokenExpired {
+        /// The expired token, still held (it is replaced by the next valid one).
+        token: AccessToken,
+    },
+    /// A fetch failed (or its token was rejected). The current token is kept.
+    RefreshFailed {
+        /// 1 for the first try of this refresh.
+        attempt: u32,
+        /// What went wrong.
+        error: String,
+        /// When the next automatic attempt happens; `None` after a permanent failure.
+        retry_at: Option<SystemTime>,
+    },
+    /// An offered token (pushed or fetched) was invalid; the current token is kept.
+    TokenRejected {
+        /// Why.
+        error: TokenError,
+    },
+    /// A consumer failed, timed out, panicked, or lacked its required grant.
+    ConsumerFailed {
+        /// The consumer's name.
+        consumer: String,
+        /// What went wrong.
+        error: String,
+    },
+    /// The manager clock looks wrong: fetched tokens look expired or nearly expired on it, or were
+    /// issued far from it. Said once per manager.
+    ClockSkewSuspected {
+        /// The estimated offset of the issuer's clock from the manager's clock, in seconds
+        /// (positive: the issuer is ahead).
+        offset_secs: i64,
+    },
+    /// The manager shut down. Nothing follows.
+    Closed,
+}
+
+/// A subscription to a manager's events. `recv()` or use it as a `Stream`.
+///
+/// A subscriber that falls behind loses its oldest events (never blocking the manager), and keeps
+/// receiving from there. After [`Event::Closed`], `recv()` returns `None`.
+#[derive(Debug)]
+pub struct Events {
+    stream: Option<BroadcastStream<Event>>,
+    closed_pending: bool,
+}
+
+impl Events {
+    pub(crate) fn new(rx: broadcast::Receiver<Event>) -> Self {
+        Events {
+            stream: Some(BroadcastStream::new(rx)),
+            closed_pending: false,
+        }
+    }
+
+    /// A subscription to a manager that has already shut down: yields `Closed`, then `None`.
+    pub(crate) fn closed() -> Self {
+        Events {
+            stream: None,
+            closed_pending: true,
+        }
+    }
+
+    /// The next event; `None` once the manager has closed.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped `recv()` loses no event.
+    pub async fn recv(&mut self) -> Option<Event> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+}
+
+impl Stream for Events {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        if self.closed_pending {
+            self.closed_pending = false;
+            return Poll::Ready(Some(Event::Closed));
+        }
+        loop {
+            let Some(stream) = self.stream.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match Pin::new(stream).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                // Lagged: the oldest events are gone; go on with the next.
+                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => continue,
+                Poll::Ready(Some(Ok(event))) => {
+                    if event == Event::Closed {
+                        self.stream = None;
+                    }
+                    return Poll::Ready(Some(event));
+                }
+                Poll::Ready(None) => {
+                    self.stream = None;
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+}

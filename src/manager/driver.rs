@@ -1,0 +1,475 @@
+//! The manager's background task: the only place the token, the timers and the fetch change.
+
+use super::error::{RefreshError, UpdateError, UpdateReport};
+use super::fanout::{panic_message, Delivered, Fanout, ReportReply};
+use super::shared::{lock, Command, Shared};
+use super::AccessManagerBuilder;
+use crate::backoff::{Backoff, SplitMix64};
+use crate::event::Event;
+use crate::fetcher::{FetchError, FetchReason, FetchRequest};
+use crate::token::unix_secs;
+use crate::{AccessToken, TokenError, TokenFetcher};
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::oneshot;
+
+/// The shortest wait before an automatic fetch after a token arrived (behaviour 7).
+const MIN_FETCH_SPACING: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Fresh,
+    WillExpire,
+    Expired,
+}
+
+struct Current {
+    token: AccessToken,
+    phase: Phase,
+    will_expire_at: SystemTime,
+    expires_at: SystemTime,
+}
+
+type FetchReply = oneshot::Sender<Result<AccessToken, RefreshError>>;
+
+struct InFlight {
+    future: BoxFuture<'static, Result<String, FetchError>>,
+    waiters: Vec<FetchReply>,
+}
+
+/// Where an offered token came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    App,
+    Fetcher,
+}
+
+pub(super) struct Driver {
+    shared: Arc<Shared>,
+    fetcher: Option<Arc<dyn TokenFetcher>>,
+    refresh_ahead: Duration,
+    fetch_timeout: Duration,
+    backoff: Backoff,
+    rng: SplitMix64,
+    current: Option<Current>,
+    generation: u64,
+    fetch: Option<InFlight>,
+    /// When the next automatic fetch starts (none while one is in flight or after a permanent
+    /// failure).
+    next_fetch_at: Option<SystemTime>,
+    /// Failed attempts of the refresh under way.
+    failures: u32,
+    fanout: Fanout,
+    sleep: Option<(SystemTime, Pin<Box<dyn Future<Output = ()> + Send>>)>,
+}
+
+static SEED_COUNTER: AtomicU64 = AtomicU64::new(0x5EED);
+
+/// Ends the manager however the driver stops (returning, or a bug's panic).
+struct CloseOnDrop(Arc<Shared>);
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+enum Wake {
+    Mail,
+    Fetched(Result<String, FetchError>),
+    Delivered(Delivered),
+    Timer,
+}
+
+async fn maybe<F: Future + Unpin>(f: Option<&mut F>) -> F::Output {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Driver {
+    pub(super) fn new(
+        config: AccessManagerBuilder,
+        shared: Arc<Shared>,
+        initial: Option<AccessToken>,
+    ) -> Self {
+        let now = shared.clock.now();
+        let seed = config.seed.unwrap_or_else(|| {
+            let nanos = now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            nanos ^ SEED_COUNTER
+                .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+                .rotate_left(17)
+        });
+        let mut driver = Driver {
+            fetcher: config.fetcher,
+            refresh_ahead: config.refresh_ahead,
+            fetch_timeout: config.fetch_timeout,
+            backoff: config.backoff,
+            rng: SplitMix64::new(seed),
+            current: None,
+            generation: 0,
+            fetch: None,
+            next_fetch_at: None,
+            failures: 0,
+            fanout: Fanout::new(config.consumer_timeout, 0),
+            sleep: None,
+            shared,
+        };
+        match initial {
+            Some(token) => {
+                driver.install(token, Source::App, now);
+            }
+            None if driver.fetcher.is_some() => driver.next_fetch_at = Some(now),
+            None => {}
+        }
+        driver
+    }
+
+    pub(super) async fn run(mut self) {
+        let _close = CloseOnDrop(self.shared.clone());
+        loop {
+            let (commands, handles_gone) = {
+                let mut mailbox = lock(&self.shared.mailbox);
+                (std::mem::take(&mut mailbox.queue), mailbox.handles_gone)
+            };
+            for command in commands {
+                if let Command::Shutdown = command {
+                    return;
+                }
+                self.on_command(command);
+            }
+            if handles_gone {
+                return;
+            }
+            let now = self.shared.clock.now();
+            self.on_time(now);
+
+            let deadline = self.next_deadline();
+            if self.sleep.as_ref().map(|(d, _)| *d) != deadline {
+                self.sleep = deadline.map(|d| (d, self.shared.clock.sleep_until(d)));
+            }
+            let shared = self.shared.clone();
+            let wake = tokio::select! {
+                biased;
+                _ = shared.wake.notified() => Wake::Mail,
+                result = maybe(self.fetch.as_mut().map(|f| &mut f.future)) => Wake::Fetched(result),
+                Some(done) = self.fanout.deliveries.next(), if !self.fanout.deliveries.is_empty() => Wake::Delivered(done),
+                _ = maybe(self.sleep.as_mut().map(|(_, s)| s)) => Wake::Timer,
+            };
+            match wake {
+                Wake::Mail => {}
+                Wake::Fetched(result) => self.on_fetched(result),
+                Wake::Delivered(done) => self.fanout.finish(&self.shared, done),
+                Wake::Timer => self.sleep = None,
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<SystemTime> {
+        let timer = self.current.as_ref().and_then(|c| match c.phase {
+            Phase::Fresh => Some(c.will_expire_at),
+            Phase::WillExpire => Some(c.expires_at),
+            Phase::Expired => None,
+        });
+        let fetch = if self.fetch.is_none() {
+            self.next_fetch_at
+        } else {
+            None
+        };
+        match (timer, fetch) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Update { token, reply } => self.on_update(token, reply),
+            Command::Rejected(error) => {
+                self.shared.emit(|| Event::TokenRejected { error });
+            }
+            Command::Refresh {
+                min_remaining,
+                reply,
+            } => self.on_refresh(min_remaining, reply),
+            Command::Registered(id) => {
+                if let Some(c) = &self.current {
+                    let token = c.token.clone();
+                    self.fanout
+                        .deliver_one(&self.shared, id, &token, self.generation);
+                }
+            }
+            Command::Unregistered(id) => self.fanout.forget(id),
+            Command::Shutdown => {}
+        }
+    }
+
+    /// Checks an offered token against the clock and the token held.
+    fn check(&self, token: &AccessToken, now: SystemTime) -> Result<bool, UpdateError> {
+        token.validate_at(now).map_err(UpdateError::Invalid)?;
+        if let Some(current) = &self.current {
+            let held = &current.token;
+            if held == token {
+                return Ok(false);
+            }
+            if held.account_sid() != token.account_sid() {
+                return Err(UpdateError::AccountMismatch {
+                    current: held.account_sid().to_owned(),
+                    offered: token.account_sid().to_owned(),
+                });
+            }
+            if held.identity() != token.identity() {
+                return Err(UpdateError::IdentityMismatch {
+                    current: held.identity().map(str::to_owned),
+                    offered: token.identity().map(str::to_owned),
+                });
+            }
+        }
+        Ok(true)
+    }
+
+    fn reject(&self, error: &UpdateError) {
+        if let Some(error) = error.token_error() {
+            tracing::warn!(code = error.code(), %error, "token rejected");
+            self.shared.emit(|| Event::TokenRejected { error });
+        }
+    }
+
+    fn on_update(&mut self, token: AccessToken, reply: ReportReply) {
+        let now = self.shared.clock.now();
+        match self.check(&token, now) {
+            Err(e) => {
+                self.reject(&e);
+                let _ = reply.send(Err(e));
+            }
+            Ok(false) => {
+                let _ = reply.send(Ok(UpdateReport {
+                    token,
+                    changed: false,
+                    delivered: 0,
+                    failures: Vec::new(),
+                }));
+            }
+            Ok(true) => {
+                // A pushed token restarts the refresh cycle, after a permanent failure too.
+                self.failures = 0;
+                self.install_and_publish(token, Source::App, now, Some(reply));
+            }
+        }
+    }
+
+    /// Makes `token` current and schedules its timers and the next automatic fetch.
+    fn install(&mut self, token: AccessToken, source: Source, now: SystemTime) {
+        self.generation += 1;
+        let expires_at = token.expires_at();
+        let will_expire_at = expires_at
+            .checked_sub(self.refresh_ahead)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        self.shared.current.store(Some(Arc::new(token.clone())));
+        if self.fetcher.is_some() {
+            let mut at = will_expire_at;
+            if source == Source::Fetcher {
+                // Tokens shorter than the lead must not make the fetcher loop.
+                let half_life = token.remaining_at(now) / 2;
+                at = at.max(now + half_life.max(MIN_FETCH_SPACING));
+            }
+            self.next_fetch_at = Some(at);
+        }
+        self.current = Some(Current {
+            token,
+            phase: Phase::Fresh,
+            will_expire_at,
+            expires_at,
+        });
+    }
+
+    fn install_and_publish(
+        &mut self,
+        token: AccessToken,
+        source: Source,
+        now: SystemTime,
+        reply: Option<ReportReply>,
+    ) {
+        self.install(token.clone(), source, now);
+        tracing::info!(
+            generation = self.generation,
+            identity = token.identity().unwrap_or(""),
+            expires_unix = token.exp_secs(),
+            "token updated"
+        );
+        let updated = token.clone();
+        self.shared.emit(|| Event::TokenUpdated { token: updated });
+        self.fanout
+            .publish(&self.shared, &token, self.generation, reply);
+        self.on_time(now);
+    }
+
+    /// Fires due timers: WillExpire, Expired, and the automatic fetch.
+    fn on_time(&mut self, now: SystemTime) {
+        if let Some(c) = &mut self.current {
+            if c.phase == Phase::Fresh && now >= c.will_expire_at {
+                c.phase = Phase::WillExpire;
+                let token = c.token.clone();
+                self.shared.emit(|| Event::TokenWillExpire { token });
+            }
+            if c.phase == Phase::WillExpire && now >= c.expires_at {
+                c.phase = Phase::Expired;
+                let token = c.token.clone();
+                tracing::warn!(expires_unix = token.exp_secs(), "token expired");
+                self.shared.emit(|| Event::TokenExpired { token });
+            }
+        }
+        if self.fetch.is_none() && self.next_fetch_at.is_some_and(|at| now >= at) {
+            let reason = match &self.current {
+                None => FetchReason::Initial,
+                Some(c) if now >= c.expires_at => FetchReason::Expired,
+                Some(_) => FetchReason::WillExpire,
+            };
+            self.start_fetch(reason, now);
+        }
+    }
+
+    fn on_refresh(&mut self, min_remaining: Option<Duration>, reply: FetchReply) {
+        if self.fetcher.is_none() {
+            let _ = reply.send(Err(RefreshError::NoFetcher));
+            return;
+        }
+        let now = self.shared.clock.now();
+        if let (Some(min), Some(c)) = (min_remaining, &self.current) {
+            if now < c.expires_at && c.token.remaining_at(now) >= min {
+                let _ = reply.send(Ok(c.token.clone()));
+                return;
+            }
+        }
+        if self.fetch.is_none() {
+            self.failures = 0;
+            self.start_fetch(FetchReason::Manual, now);
+        }
+        if let Some(fetch) = &mut self.fetch {
+            fetch.waiters.push(reply);
+        }
+    }
+
+    fn start_fetch(&mut self, reason: FetchReason, now: SystemTime) {
+        let Some(fetcher) = self.fetcher.clone() else {
+            return;
+        };
+        self.next_fetch_at = None;
+        let attempt = self.failures + 1;
+        let request = FetchRequest::new(reason, attempt, self.current.as_ref().map(|c| c.token.clone()));
+        let timeout = self.fetch_timeout;
+        let expired = self.shared.clock.sleep_until(now + timeout);
+        let span = tracing::info_span!("fetch", %reason, attempt);
+        let future = async move {
+            let call = AssertUnwindSafe(fetcher.fetch_token(request)).catch_unwind();
+            tokio::select! {
+                biased;
+                result = call => result.unwrap_or_else(|panic| Err(FetchError::transient(format!(
+                    "fetcher panicked: {}", panic_message(&*panic)
+                )))),
+                _ = expired => Err(FetchError::transient(format!(
+                    "fetch timed out after {} s", timeout.as_secs_f64()
+                ))),
+            }
+        };
+        self.fetch = Some(InFlight {
+            future: tracing::Instrument::instrument(future, span).boxed(),
+            waiters: Vec::new(),
+        });
+    }
+
+    fn on_fetched(&mut self, result: Result<String, FetchError>) {
+        let Some(fetch) = self.fetch.take() else {
+            return;
+        };
+        let now = self.shared.clock.now();
+        let outcome = result.map_err(|e| RefreshError::Fetch(Arc::new(e))).and_then(|jwt| {
+            let token = AccessToken::parse(&jwt).map_err(|e| {
+                let e = UpdateError::Invalid(e);
+                self.reject(&e);
+                RefreshError::Rejected(e.token_error().unwrap_or(TokenError::SignatureMismatch))
+            })?;
+            match self.check(&token, now) {
+                Err(e) => {
+                    self.reject(&e);
+                    Err(RefreshError::Rejected(
+                        e.token_error().unwrap_or(TokenError::SignatureMismatch),
+                    ))
+                }
+                Ok(changed) => Ok((token, changed)),
+            }
+        });
+        match outcome {
+            Ok((token, changed)) => {
+                self.failures = 0;
+                if changed {
+                    self.install_and_publish(token.clone(), Source::Fetcher, now, None);
+                } else if self.next_fetch_at.is_none() {
+                    // The backend handed back the token held: wait as for a new short one.
+                    let half_life = token.remaining_at(now) / 2;
+                    let at = now + half_life.max(MIN_FETCH_SPACING);
+                    self.next_fetch_at = Some(
+                        self.current
+                            .as_ref()
+                            .map_or(at, |c| c.will_expire_at.max(at)),
+                    );
+                }
+                for waiter in fetch.waiters {
+                    let _ = waiter.send(Ok(token.clone()));
+                }
+            }
+            Err(error) => {
+                self.on_fetch_failed(&error, now);
+                for waiter in fetch.waiters {
+                    let _ = waiter.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    fn on_fetch_failed(&mut self, error: &RefreshError, now: SystemTime) {
+        self.failures = self.failures.saturating_add(1);
+        let (permanent, retry_after) = match error {
+            RefreshError::Fetch(e) => (e.is_permanent(), e.retry_after()),
+            _ => (false, None),
+        };
+        let retry_at = if permanent {
+            None
+        } else {
+            let wait = self
+                .backoff
+                .delay(self.failures, &mut self.rng)
+                .max(retry_after.unwrap_or(Duration::ZERO));
+            let mut at = now + wait;
+            if let Some(c) = &self.current {
+                if c.phase == Phase::Fresh {
+                    // The token is still good: no need to retry before its refresh window.
+                    at = at.max(c.will_expire_at);
+                }
+            }
+            Some(at)
+        };
+        self.next_fetch_at = retry_at;
+        tracing::warn!(
+            attempt = self.failures,
+            permanent,
+            retry_in_s = retry_at.map(|at| unix_secs(at).saturating_sub(unix_secs(now))),
+            error = %error,
+            "token refresh failed"
+        );
+        let (attempt, error) = (self.failures, error.to_string());
+        self.shared.emit(|| Event::RefreshFailed {
+            attempt,
+            error,
+            retry_at,
+        });
+    }
+}

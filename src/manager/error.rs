@@ -1,0 +1,118 @@
+//! What the manager's calls answer: [`UpdateReport`] and the errors.
+
+use crate::{AccessToken, ConsumerError, FetchError, TokenError};
+use std::sync::Arc;
+
+/// What became of a token given to [`AccessManager::update_token`](crate::AccessManager::update_token).
+#[derive(Debug)]
+pub struct UpdateReport {
+    pub(crate) token: AccessToken,
+    pub(crate) changed: bool,
+    pub(crate) delivered: usize,
+    pub(crate) failures: Vec<(String, ConsumerError)>,
+}
+
+impl UpdateReport {
+    /// `false` when the token was the one already held: nothing happened.
+    pub fn changed(&self) -> bool {
+        self.changed
+    }
+
+    /// The token now current.
+    pub fn token(&self) -> &AccessToken {
+        &self.token
+    }
+
+    /// How many consumers took this token.
+    pub fn delivered(&self) -> usize {
+        self.delivered
+    }
+
+    /// The consumers that failed, timed out, panicked or lacked their required grant, with why.
+    pub fn failed(&self) -> impl Iterator<Item = (&str, &ConsumerError)> + '_ {
+        self.failures.iter().map(|(name, err)| (name.as_str(), err))
+    }
+}
+
+/// Why [`AccessManager::update_token`](crate::AccessManager::update_token) refused a token. The
+/// token held before is kept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpdateError {
+    /// Malformed, expired, not yet valid or over 24 h.
+    #[error(transparent)]
+    Invalid(TokenError),
+    /// The token is for another identity than the token held.
+    #[error("token is for identity {offered:?}, the manager holds {current:?}")]
+    IdentityMismatch {
+        /// The identity held.
+        current: Option<String>,
+        /// The identity offered.
+        offered: Option<String>,
+    },
+    /// The token is for another account than the token held.
+    #[error("token is for account {offered}, the manager holds account {current}")]
+    AccountMismatch {
+        /// The account SID held.
+        current: String,
+        /// The account SID offered.
+        offered: String,
+    },
+    /// The manager has shut down.
+    #[error("access manager is closed")]
+    Closed,
+}
+
+impl UpdateError {
+    /// The Twilio-coded error behind this refusal (`None` for `Closed`).
+    pub fn token_error(&self) -> Option<TokenError> {
+        match self {
+            UpdateError::Invalid(e) => Some(e.clone()),
+            UpdateError::IdentityMismatch { current, offered } => {
+                Some(TokenError::IdentityMismatch {
+                    current: current.clone(),
+                    offered: offered.clone(),
+                })
+            }
+            UpdateError::AccountMismatch { current, offered } => Some(TokenError::AccountMismatch {
+                current: current.clone(),
+                offered: offered.clone(),
+            }),
+            UpdateError::Closed => None,
+        }
+    }
+}
+
+/// Why [`AccessManager::refresh`](crate::AccessManager::refresh) or
+/// [`fresh_token`](crate::AccessManager::fresh_token) gave no token. The token held is kept.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefreshError {
+    /// The manager has no fetcher: the app pushes tokens with `update_token`.
+    #[error("no token fetcher configured")]
+    NoFetcher,
+    /// The fetcher failed, panicked or timed out. Shared by every caller that joined the fetch.
+    #[error("token fetch failed: {0}")]
+    Fetch(Arc<FetchError>),
+    /// The fetched token was invalid, or for another identity or account.
+    #[error("fetched token rejected: {0}")]
+    Rejected(TokenError),
+    /// The manager has shut down.
+    #[error("access manager is closed")]
+    Closed,
+}
+
+/// Why [`AccessManagerBuilder::build`](crate::AccessManagerBuilder::build) failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// `build()` was called outside a tokio runtime.
+    #[error("AccessManager::build must be called inside a tokio runtime")]
+    NoRuntime,
+    /// The initial token is invalid or expired.
+    #[error("initial token rejected: {0}")]
+    InvalidInitialToken(TokenError),
+    /// A setting is out of range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(&'static str),
+}

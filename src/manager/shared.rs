@@ -1,0 +1,141 @@
+//! State shared by the handles and the driver task. Only the driver changes the token; handles
+//! read it lock-free and send the driver commands through the mailbox.
+
+use super::error::{RefreshError, UpdateError, UpdateReport};
+use crate::clock::Clock;
+use crate::consumer::ConsumerId;
+use crate::event::{Event, Events};
+use crate::{AccessToken, GrantKind, TokenConsumer, TokenError};
+use arc_swap::ArcSwapOption;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
+use tokio::sync::{broadcast, oneshot, Notify};
+
+pub(crate) enum Command {
+    Update {
+        token: AccessToken,
+        reply: oneshot::Sender<Result<UpdateReport, UpdateError>>,
+    },
+    Rejected(TokenError),
+    Refresh {
+        min_remaining: Option<Duration>,
+        reply: oneshot::Sender<Result<AccessToken, RefreshError>>,
+    },
+    Registered(ConsumerId),
+    Unregistered(ConsumerId),
+    Shutdown,
+}
+
+#[derive(Default)]
+pub(crate) struct Mailbox {
+    pub(crate) queue: VecDeque<Command>,
+    /// Every handle is gone: the driver stops.
+    pub(crate) handles_gone: bool,
+    /// The driver has stopped: commands are refused.
+    pub(crate) closed: bool,
+}
+
+/// A registered consumer and its delivery state.
+pub(crate) struct Slot {
+    pub(crate) id: ConsumerId,
+    pub(crate) consumer: Weak<dyn TokenConsumer>,
+    pub(crate) name: Arc<str>,
+    pub(crate) required: Option<GrantKind>,
+    /// A delivery is in flight.
+    pub(crate) busy: bool,
+    /// The current token has not been delivered yet (it is, once the delivery in flight ends).
+    pub(crate) wants_current: bool,
+}
+
+pub(crate) struct Shared {
+    pub(crate) current: ArcSwapOption<AccessToken>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) mailbox: Mutex<Mailbox>,
+    pub(crate) wake: Notify,
+    pub(crate) events: OnceLock<broadcast::Sender<Event>>,
+    pub(crate) event_capacity: usize,
+    pub(crate) consumers: Mutex<Vec<Slot>>,
+    pub(crate) next_consumer_id: AtomicU64,
+    pub(crate) closed: AtomicBool,
+    pub(crate) closed_notify: Notify,
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (no user code runs under
+/// these locks).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn new(clock: Arc<dyn Clock>, event_capacity: usize) -> Self {
+        Shared {
+            current: ArcSwapOption::empty(),
+            clock,
+            mailbox: Mutex::new(Mailbox::default()),
+            wake: Notify::new(),
+            events: OnceLock::new(),
+            event_capacity,
+            consumers: Mutex::new(Vec::new()),
+            next_consumer_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            closed_notify: Notify::new(),
+        }
+    }
+
+    /// Queues a command for the driver; `false` once the driver has stopped.
+    pub(crate) fn send(&self, command: Command) -> bool {
+        let mut mailbox = lock(&self.mailbox);
+        if mailbox.closed {
+            return false;
+        }
+        mailbox.queue.push_back(command);
+        drop(mailbox);
+        self.wake.notify_one();
+        true
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Sends an event to the subscribers, if there are any; never blocks.
+    pub(crate) fn emit(&self, make: impl FnOnce() -> Event) {
+        if let Some(tx) = self.events.get() {
+            if tx.receiver_count() > 0 {
+                let _ = tx.send(make());
+            }
+        }
+    }
+
+    pub(crate) fn event_sender(&self) -> &broadcast::Sender<Event> {
+        self.events
+            .get_or_init(|| broadcast::channel(self.event_capacity).0)
+    }
+
+    /// Marks the driver stopped: refuses further commands and drops the queued ones (their callers
+    /// then answer `Closed`), tells subscribers, and wakes `shutdown()` callers.
+    pub(crate) fn close(&self) {
+        let dropped = {
+            // Under the mailbox lock, so that `subscribe` either sees `closed` or gets `Closed`.
+            let mut mailbox = lock(&self.mailbox);
+            mailbox.closed = true;
+            self.emit(|| Event::Closed);
+            self.closed.store(true, Ordering::Release);
+            std::mem::take(&mut mailbox.queue)
+        };
+        drop(dropped);
+        self.closed_notify.notify_waiters();
+    }
+
+    pub(crate) fn subscribe(&self) -> Events {
+        let mailbox = lock(&self.mailbox);
+        if mailbox.closed {
+            return Events::closed();
+        }
+        let rx = self.event_sender().subscribe();
+        drop(mailbox);
+        Events::new(rx)
+    }
+}
