@@ -115,8 +115,16 @@ mod tests {
         let b = Backoff::default();
         let mut rng = SplitMix64::new(7);
         let waits: Vec<Duration> = (0..200).map(|_| b.delay(4, &mut rng)).collect();
-        assert!(waits.iter().all(|w| !w.is_zero() && *w <= Duration::from_secs(8)));
-        let below_half = waits.iter().filter(|w| **w < Duration::from_secs(4)).count();
-        assert!((60..140).contains(&below_half), "{below_half} of 200 below half");
+        assert!(waits
+            .iter()
+            .all(|w| !w.is_zero() && *w <= Duration::from_secs(8)));
+        let below_half = waits
+            .iter()
+            .filter(|w| **w < Duration::from_secs(4))
+            .count();
+        assert!(
+            (60..140).contains(&below_half),
+            "{below_half} of 200 below half"
+        );
     }
 }

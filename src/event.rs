@@ -98,6 +98,18 @@ impl Events {
     }
 }
 
+impl Events {
+    /// The next event if one is waiting, without waiting: handy in tests.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        match Pin::new(self).poll_next(&mut cx) {
+            Poll::Ready(event) => event,
+            Poll::Pending => None,
+        }
+    }
+}
+
 impl Stream for Events {
     type Item = Event;
 
@@ -115,7 +127,7 @@ impl Stream for Events {
                 // Lagged: the oldest events are gone; go on with the next.
                 Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => continue,
                 Poll::Ready(Some(Ok(event))) => {
-                    if event == Event::Closed {
+                    if matches!(event, Event::Closed) {
                         self.stream = None;
                     }
                     return Poll::Ready(Some(event));

@@ -104,9 +104,10 @@ impl Driver {
             let nanos = now
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
-            nanos ^ SEED_COUNTER
-                .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-                .rotate_left(17)
+            nanos
+                ^ SEED_COUNTER
+                    .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+                    .rotate_left(17)
         });
         let mut driver = Driver {
             fetcher: config.fetcher,
@@ -136,6 +137,8 @@ impl Driver {
     pub(super) async fn run(mut self) {
         let _close = CloseOnDrop(self.shared.clone());
         loop {
+            // Timers first, so that commands see the state as of now.
+            self.on_time(self.shared.clock.now());
             let (commands, handles_gone) = {
                 let mut mailbox = lock(&self.shared.mailbox);
                 (std::mem::take(&mut mailbox.queue), mailbox.handles_gone)
@@ -364,7 +367,11 @@ impl Driver {
         };
         self.next_fetch_at = None;
         let attempt = self.failures + 1;
-        let request = FetchRequest::new(reason, attempt, self.current.as_ref().map(|c| c.token.clone()));
+        let request = FetchRequest::new(
+            reason,
+            attempt,
+            self.current.as_ref().map(|c| c.token.clone()),
+        );
         let timeout = self.fetch_timeout;
         let expired = self.shared.clock.sleep_until(now + timeout);
         let span = tracing::info_span!("fetch", %reason, attempt);
@@ -391,22 +398,24 @@ impl Driver {
             return;
         };
         let now = self.shared.clock.now();
-        let outcome = result.map_err(|e| RefreshError::Fetch(Arc::new(e))).and_then(|jwt| {
-            let token = AccessToken::parse(&jwt).map_err(|e| {
-                let e = UpdateError::Invalid(e);
-                self.reject(&e);
-                RefreshError::Rejected(e.token_error().unwrap_or(TokenError::SignatureMismatch))
-            })?;
-            match self.check(&token, now) {
-                Err(e) => {
+        let outcome = result
+            .map_err(|e| RefreshError::Fetch(Arc::new(e)))
+            .and_then(|jwt| {
+                let token = AccessToken::parse(&jwt).map_err(|e| {
+                    let e = UpdateError::Invalid(e);
                     self.reject(&e);
-                    Err(RefreshError::Rejected(
-                        e.token_error().unwrap_or(TokenError::SignatureMismatch),
-                    ))
+                    RefreshError::Rejected(e.token_error().unwrap_or(TokenError::SignatureMismatch))
+                })?;
+                match self.check(&token, now) {
+                    Err(e) => {
+                        self.reject(&e);
+                        Err(RefreshError::Rejected(
+                            e.token_error().unwrap_or(TokenError::SignatureMismatch),
+                        ))
+                    }
+                    Ok(changed) => Ok((token, changed)),
                 }
-                Ok(changed) => Ok((token, changed)),
-            }
-        });
+            });
         match outcome {
             Ok((token, changed)) => {
                 self.failures = 0;

@@ -74,10 +74,12 @@ impl UpdateError {
                     offered: offered.clone(),
                 })
             }
-            UpdateError::AccountMismatch { current, offered } => Some(TokenError::AccountMismatch {
-                current: current.clone(),
-                offered: offered.clone(),
-            }),
+            UpdateError::AccountMismatch { current, offered } => {
+                Some(TokenError::AccountMismatch {
+                    current: current.clone(),
+                    offered: offered.clone(),
+                })
+            }
             UpdateError::Closed => None,
         }
     }

@@ -202,7 +202,8 @@ impl Fanout {
                             ))),
                         };
                         // Dropped here, on the driver: a consumer that panics in `drop` is caught too.
-                        let dropped = std::panic::catch_unwind(AssertUnwindSafe(move || drop(consumer)));
+                        let dropped =
+                            std::panic::catch_unwind(AssertUnwindSafe(move || drop(consumer)));
                         let outcome = match (outcome, dropped) {
                             (Ok(()), Err(panic)) => Err(failure(format!(
                                 "consumer panicked when dropped: {}",

@@ -162,7 +162,11 @@ impl AccessManager {
     /// Registers an SDK client. It is held weakly: dropping the app's last `Arc` unregisters it.
     /// A consumer registered while a token is current receives it promptly.
     pub fn register<C: TokenConsumer>(&self, consumer: &Arc<C>) -> ConsumerId {
-        let id = ConsumerId(self.shared().next_consumer_id.fetch_add(1, Ordering::Relaxed));
+        let id = ConsumerId(
+            self.shared()
+                .next_consumer_id
+                .fetch_add(1, Ordering::Relaxed),
+        );
         let name: Arc<str> = consumer.name().into();
         let required = consumer.required_grant();
         let weak = Arc::downgrade(consumer);
@@ -338,7 +342,9 @@ impl AccessManagerBuilder {
             return Err(BuildError::InvalidConfig("fetch_timeout must be non-zero"));
         }
         if self.consumer_timeout.is_zero() {
-            return Err(BuildError::InvalidConfig("consumer_timeout must be non-zero"));
+            return Err(BuildError::InvalidConfig(
+                "consumer_timeout must be non-zero",
+            ));
         }
         if self.event_capacity == 0 {
             return Err(BuildError::InvalidConfig("event_capacity must be non-zero"));
@@ -367,7 +373,10 @@ impl fmt::Debug for AccessManagerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AccessManagerBuilder")
             .field("fetcher", &self.fetcher.as_ref().map(|_| ".."))
-            .field("initial_token", &self.initial_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "initial_token",
+                &self.initial_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("refresh_ahead", &self.refresh_ahead)
             .field("clock", &self.clock)
             .field("fetch_timeout", &self.fetch_timeout)

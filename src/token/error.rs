@@ -84,7 +84,9 @@ pub enum TokenError {
     },
     /// The token is for another user than the token the manager holds (20106, as a grants
     /// mismatch). A manager keeps one identity for its whole life.
-    #[error("token is for identity {offered:?}, the manager holds {current:?} (Twilio error 20106)")]
+    #[error(
+        "token is for identity {offered:?}, the manager holds {current:?} (Twilio error 20106)"
+    )]
     IdentityMismatch {
         /// The identity of the token held.
         current: Option<String>,
@@ -93,7 +95,9 @@ pub enum TokenError {
     },
     /// The token is for another account than the token the manager holds (20103, as a subject
     /// mismatch).
-    #[error("token is for account {offered}, the manager holds account {current} (Twilio error 20103)")]
+    #[error(
+        "token is for account {offered}, the manager holds account {current} (Twilio error 20103)"
+    )]
     AccountMismatch {
         /// The account SID of the token held.
         current: String,

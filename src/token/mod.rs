@@ -175,9 +175,11 @@ impl AccessToken {
         }
         let region = match header.twr {
             None => None,
-            Some(raw) => Some(json_string(Some(raw)).ok_or_else(|| TokenError::InvalidHeader {
-                reason: "twr (the region) must be a string".into(),
-            })?),
+            Some(raw) => Some(
+                json_string(Some(raw)).ok_or_else(|| TokenError::InvalidHeader {
+                    reason: "twr (the region) must be a string".into(),
+                })?,
+            ),
         };
 
         // Rule 3: the signature's shape.
@@ -296,9 +298,7 @@ impl AccessToken {
         }
         if let Some(nbf) = inner.nbf {
             if nbf > now {
-                return Err(TokenError::NotYetValid {
-                    in_secs: nbf - now,
-                });
+                return Err(TokenError::NotYetValid { in_secs: nbf - now });
             }
         }
         let start = inner.iat.or(inner.nbf).unwrap_or(now);
@@ -402,7 +402,10 @@ fn grants_reason(e: &serde_json::Error) -> String {
     } else {
         // serde's message names the offending grant's field and type; it holds no token bytes
         // beyond the grant's own JSON structure.
-        format!("a grant is not of the expected shape ({})", strip_position(&msg))
+        format!(
+            "a grant is not of the expected shape ({})",
+            strip_position(&msg)
+        )
     }
 }
 

@@ -1,0 +1,292 @@
+//! Helpers shared by the manager tests: a fake-clock start, token minting, a scripted fetcher the
+//! test answers call by call, and a recording consumer.
+#![allow(dead_code, unreachable_pub)]
+
+use access_manager::clock::ManualClock;
+use access_manager::grants::{ChatGrant, SyncGrant, VideoGrant, VoiceGrant};
+use access_manager::{
+    AccessToken, AccessTokenBuilder, ConsumerError, Event, Events, FetchError, FetchRequest,
+    GrantKind, TokenConsumer, TokenFetcher,
+};
+use async_trait::async_trait;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+pub const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
+pub const OTHER_ACCOUNT: &str = "AC99999999999999999999999999999999";
+pub const KEY: &str = "SKfedcba9876543210fedcba9876543210";
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+/// The fake clock's start: 2023-11-14T22:13:20Z.
+pub const T0: u64 = 1_700_000_000;
+
+pub fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+pub fn clock() -> ManualClock {
+    ManualClock::new(at(T0))
+}
+
+pub fn builder(identity: &str, iat: u64, ttl: u64) -> AccessTokenBuilder {
+    AccessToken::builder(ACCOUNT, KEY, SECRET)
+        .identity(identity)
+        .issued_at(at(iat))
+        .ttl(secs(ttl))
+        .grant(ChatGrant::default())
+        .grant(SyncGrant::default())
+        .grant(VoiceGrant::default())
+        .grant(VideoGrant::default())
+}
+
+/// A token for `identity` issued at `iat` living `ttl` seconds, with chat, sync, voice and video.
+pub fn mint(identity: &str, iat: u64, ttl: u64) -> String {
+    builder(identity, iat, ttl).to_jwt().unwrap()
+}
+
+/// The signature segment of a JWT.
+pub fn signature(jwt: &str) -> &str {
+    jwt.rsplit('.').next().unwrap()
+}
+
+/// Lets every ready task run (the tests use a current-thread runtime, so this is deterministic).
+pub async fn settle() {
+    for _ in 0..64 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The next event (waits; the test fails by hanging only if the manager is wrong).
+pub async fn next(events: &mut Events) -> Event {
+    events.recv().await.expect("the manager closed early")
+}
+
+/// Drains the events waiting now.
+pub async fn drain(events: &mut Events) -> Vec<Event> {
+    settle().await;
+    std::iter::from_fn(|| events.try_recv()).collect()
+}
+
+pub fn kind(e: &Event) -> &'static str {
+    match e {
+        Event::TokenUpdated { .. } => "updated",
+        Event::TokenWillExpire { .. } => "will_expire",
+        Event::TokenExpired { .. } => "expired",
+        Event::RefreshFailed { .. } => "refresh_failed",
+        Event::TokenRejected { .. } => "rejected",
+        Event::ConsumerFailed { .. } => "consumer_failed",
+        Event::Closed => "closed",
+        _ => "other",
+    }
+}
+
+pub fn kinds(events: &[Event]) -> Vec<&'static str> {
+    events.iter().map(kind).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scripted fetcher
+
+/// One fetch the test is asked to answer.
+pub struct Call {
+    pub request: FetchRequest,
+    answer: oneshot::Sender<Result<String, FetchError>>,
+}
+
+impl Call {
+    pub fn answer(self, result: Result<String, FetchError>) {
+        let _ = self.answer.send(result);
+    }
+    pub fn ok(self, jwt: String) {
+        self.answer(Ok(jwt));
+    }
+    pub fn fail(self, msg: &str) {
+        self.answer(Err(FetchError::transient(msg.to_string())));
+    }
+}
+
+/// A fetcher whose every call the test answers by hand, through [`Calls`].
+pub struct ScriptedFetcher {
+    calls: mpsc::UnboundedSender<Call>,
+    count: Arc<AtomicUsize>,
+    dropped: Arc<Notify>,
+    dropped_flag: Arc<AtomicUsize>,
+}
+
+pub struct Calls {
+    rx: mpsc::UnboundedReceiver<Call>,
+    pub count: Arc<AtomicUsize>,
+    pub dropped: Arc<Notify>,
+    dropped_flag: Arc<AtomicUsize>,
+}
+
+pub fn scripted() -> (ScriptedFetcher, Calls) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let count = Arc::new(AtomicUsize::new(0));
+    let dropped = Arc::new(Notify::new());
+    let flag = Arc::new(AtomicUsize::new(0));
+    (
+        ScriptedFetcher {
+            calls: tx,
+            count: count.clone(),
+            dropped: dropped.clone(),
+            dropped_flag: flag.clone(),
+        },
+        Calls {
+            rx,
+            count,
+            dropped,
+            dropped_flag: flag,
+        },
+    )
+}
+
+impl Calls {
+    /// The next fetch the manager makes.
+    pub async fn next(&mut self) -> Call {
+        self.rx.recv().await.expect("fetcher dropped")
+    }
+    /// A fetch already made, if any (after letting the manager run).
+    pub async fn try_next(&mut self) -> Option<Call> {
+        settle().await;
+        self.rx.try_recv().ok()
+    }
+    pub fn made(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+    pub fn fetcher_dropped(&self) -> bool {
+        self.dropped_flag.load(Ordering::SeqCst) > 0
+    }
+    /// Waits until the manager has dropped the fetcher (its task is gone).
+    pub async fn wait_fetcher_dropped(&self) {
+        loop {
+            let n = self.dropped.notified();
+            if self.fetcher_dropped() {
+                return;
+            }
+            n.await;
+        }
+    }
+}
+
+impl Drop for ScriptedFetcher {
+    fn drop(&mut self) {
+        self.dropped_flag.fetch_add(1, Ordering::SeqCst);
+        self.dropped.notify_waiters();
+    }
+}
+
+#[async_trait]
+impl TokenFetcher for ScriptedFetcher {
+    async fn fetch_token(&self, request: FetchRequest) -> Result<String, FetchError> {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        let (answer, answered) = oneshot::channel();
+        if self.calls.send(Call { request, answer }).is_err() {
+            return Err(FetchError::transient("test ended"));
+        }
+        answered
+            .await
+            .unwrap_or_else(|_| Err(FetchError::transient("test dropped the call")))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recording consumer
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Accept,
+    Fail,
+    Panic,
+    /// Waits for `release()` before accepting.
+    Gate,
+    /// Never answers.
+    Hang,
+}
+
+pub struct Recorder {
+    pub name: String,
+    pub required: Option<GrantKind>,
+    mode: Mutex<Mode>,
+    seen: Mutex<Vec<String>>,
+    calls: AtomicUsize,
+    changed: Notify,
+    gate: Notify,
+}
+
+impl Recorder {
+    pub fn new(name: &str, mode: Mode) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            name: name.into(),
+            required: None,
+            mode: Mutex::new(mode),
+            seen: Mutex::new(Vec::new()),
+            calls: AtomicUsize::new(0),
+            changed: Notify::new(),
+            gate: Notify::new(),
+        })
+    }
+    pub fn requiring(name: &str, kind: GrantKind) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            required: Some(kind),
+            ..Arc::try_unwrap(Recorder::new(name, Mode::Accept))
+                .ok()
+                .unwrap()
+        })
+    }
+    pub fn set_mode(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+    /// Tokens this consumer accepted, in order.
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+    /// How many times the manager called it (accepted or not).
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+    /// Lets one gated call through.
+    pub fn release(&self) {
+        self.gate.notify_one();
+    }
+    /// Waits until this consumer has been called `n` times in all.
+    pub async fn wait_calls(&self, n: usize) {
+        loop {
+            let changed = self.changed.notified();
+            if self.calls() >= n {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+#[async_trait]
+impl TokenConsumer for Recorder {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn required_grant(&self) -> Option<GrantKind> {
+        self.required
+    }
+    async fn update_token(&self, token: &AccessToken) -> Result<(), ConsumerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+        let mode = *self.mode.lock().unwrap();
+        match mode {
+            Mode::Accept => {}
+            Mode::Fail => return Err(ConsumerError::new("refused by the test")),
+            Mode::Panic => panic!("consumer {} panics on purpose", self.name),
+            Mode::Gate => self.gate.notified().await,
+            Mode::Hang => std::future::pending::<()>().await,
+        }
+        self.seen.lock().unwrap().push(token.as_str().to_string());
+        self.changed.notify_waiters();
+        Ok(())
+    }
+}
