@@ -36,14 +36,20 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// The current wall-clock time.
     fn now(&self) -> SystemTime;
     /// A future that resolves once [`now`](Self::now) has reached `deadline`.
-    fn sleep_until(&self, deadline: SystemTime) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+    fn sleep_until(
+        &self,
+        deadline: SystemTime,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 }
 
 impl<C: Clock + ?Sized> Clock for Arc<C> {
     fn now(&self) -> SystemTime {
         (**self).now()
     }
-    fn sleep_until(&self, deadline: SystemTime) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+    fn sleep_until(
+        &self,
+        deadline: SystemTime,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
         (**self).sleep_until(deadline)
     }
 }
@@ -67,7 +73,10 @@ impl Clock for SystemClock {
     }
 
     #[allow(clippy::disallowed_methods)]
-    fn sleep_until(&self, deadline: SystemTime) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+    fn sleep_until(
+        &self,
+        deadline: SystemTime,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
         Box::pin(async move {
             loop {
                 let left = match deadline.duration_since(SystemTime::now()) {
@@ -182,7 +191,10 @@ impl Clock for ManualClock {
         self.lock().now
     }
 
-    fn sleep_until(&self, deadline: SystemTime) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+    fn sleep_until(
+        &self,
+        deadline: SystemTime,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
         let mut state = self.lock();
         let id = state.next_id;
         state.next_id += 1;

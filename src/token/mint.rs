@@ -160,8 +160,10 @@ impl AccessTokenBuilder {
             iss: &self.api_key_sid,
             sub: &self.account_sid,
         };
-        let header = serde_json::to_vec(&header).map_err(|e| TokenError::malformed(e.to_string()))?;
-        let claims = serde_json::to_vec(&claims).map_err(|e| TokenError::malformed(e.to_string()))?;
+        let header =
+            serde_json::to_vec(&header).map_err(|e| TokenError::malformed(e.to_string()))?;
+        let claims =
+            serde_json::to_vec(&claims).map_err(|e| TokenError::malformed(e.to_string()))?;
         Ok(sign_hs256(&header, &claims, &self.secret))
     }
 }

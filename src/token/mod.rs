@@ -53,32 +53,41 @@ struct Inner {
     grants: Grants,
 }
 
+// Every field goes through `present`: a plain `Option` would read `"nbf": null` as an absent
+// claim, but the format's rules treat a present `null` as a claim of the wrong type.
 #[derive(Deserialize)]
 struct RawHeader<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     alg: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     typ: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     cty: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     twr: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
 struct RawClaims<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     iss: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     sub: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     exp: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     nbf: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     iat: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     grants: Option<&'a RawValue>,
+}
+
+/// A key that is present, whatever its value (`null` included).
+fn present<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'a RawValue>, D::Error> {
+    <&'a RawValue>::deserialize(deserializer).map(Some)
 }
 
 fn decode_segment(seg: &str, what: &str) -> Result<Vec<u8>, TokenError> {
@@ -87,14 +96,16 @@ fn decode_segment(seg: &str, what: &str) -> Result<Vec<u8>, TokenError> {
         .map_err(|_| TokenError::malformed(format!("the {what} is not unpadded base64url")))
 }
 
-/// Decodes a JSON object; anything else (an array, a string, trailing text) is malformed.
+/// Decodes a JSON object; anything else (an array, a string, trailing text, bytes that are not
+/// UTF-8 even inside a string nobody reads) is malformed.
 fn json_object<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, TokenError> {
     let not_object = || TokenError::malformed(format!("the {what} is not a JSON object"));
-    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-    if first != Some(&b'{') {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| TokenError::malformed(format!("the {what} is not UTF-8")))?;
+    if !text.trim_start().starts_with('{') {
         return Err(not_object());
     }
-    serde_json::from_slice(bytes).map_err(|_| not_object())
+    serde_json::from_str(text).map_err(|_| not_object())
 }
 
 fn json_string(raw: Option<&RawValue>) -> Option<String> {
@@ -103,7 +114,13 @@ fn json_string(raw: Option<&RawValue>) -> Option<String> {
 
 /// A non-negative JSON number, truncated to whole seconds and clamped to the representable range.
 fn json_seconds(raw: &RawValue) -> Option<u64> {
-    let n: serde_json::Number = serde_json::from_str(raw.get()).ok()?;
+    let Ok(n) = serde_json::from_str::<serde_json::Number>(raw.get()) else {
+        // serde_json refuses numbers beyond f64 (`1e400`); a positive one is simply very late.
+        return raw
+            .get()
+            .starts_with(|c: char| c.is_ascii_digit())
+            .then_some(u64::MAX);
+    };
     if let Some(u) = n.as_u64() {
         return Some(u);
     }
@@ -157,9 +174,10 @@ impl AccessToken {
         let alg = json_string(header.alg);
         if alg.as_deref() != Some("HS256") {
             return Err(TokenError::InvalidHeader {
-                reason: match alg {
-                    Some(a) => format!("alg is {a:?}, Twilio requires \"HS256\""),
-                    None => "alg is missing, Twilio requires \"HS256\"".into(),
+                reason: match (alg, header.alg) {
+                    (Some(a), _) => format!("alg is {a:?}, Twilio requires \"HS256\""),
+                    (None, Some(_)) => "alg is not a string, Twilio requires \"HS256\"".into(),
+                    (None, None) => "alg is missing, Twilio requires \"HS256\"".into(),
                 },
             });
         }
@@ -175,9 +193,11 @@ impl AccessToken {
         }
         let region = match header.twr {
             None => None,
-            Some(raw) => Some(json_string(Some(raw)).ok_or_else(|| TokenError::InvalidHeader {
-                reason: "twr (the region) must be a string".into(),
-            })?),
+            Some(raw) => Some(
+                json_string(Some(raw)).ok_or_else(|| TokenError::InvalidHeader {
+                    reason: "twr (the region) must be a string".into(),
+                })?,
+            ),
         };
 
         // Rule 3: the signature's shape.
@@ -296,9 +316,7 @@ impl AccessToken {
         }
         if let Some(nbf) = inner.nbf {
             if nbf > now {
-                return Err(TokenError::NotYetValid {
-                    in_secs: nbf - now,
-                });
+                return Err(TokenError::NotYetValid { in_secs: nbf - now });
             }
         }
         let start = inner.iat.or(inner.nbf).unwrap_or(now);
@@ -380,11 +398,14 @@ impl AccessToken {
     }
 
     /// `exp` in whole unix seconds.
+    // For the manager's timers, which live outside this module.
+    #[allow(dead_code)]
     pub(crate) fn exp_secs(&self) -> u64 {
         self.inner.exp
     }
 
     /// `iat`, else `nbf`, in whole unix seconds.
+    #[allow(dead_code)]
     pub(crate) fn start_secs(&self) -> Option<u64> {
         self.inner.iat.or(self.inner.nbf)
     }
@@ -402,7 +423,10 @@ fn grants_reason(e: &serde_json::Error) -> String {
     } else {
         // serde's message names the offending grant's field and type; it holds no token bytes
         // beyond the grant's own JSON structure.
-        format!("a grant is not of the expected shape ({})", strip_position(&msg))
+        format!(
+            "a grant is not of the expected shape ({})",
+            strip_position(&msg)
+        )
     }
 }
 
@@ -475,6 +499,8 @@ mod tests {
         assert_eq!(json_seconds(&raw("12")), Some(12));
         assert_eq!(json_seconds(&raw("12.9")), Some(12));
         assert_eq!(json_seconds(&raw("1e300")), Some(u64::MAX));
+        assert_eq!(json_seconds(&raw("1e400")), Some(u64::MAX));
+        assert_eq!(json_seconds(&raw("-1e400")), None);
         assert_eq!(json_seconds(&raw("-1")), None);
         assert_eq!(json_seconds(&raw("-0.5")), None);
         assert_eq!(json_seconds(&raw("\"12\"")), None);
