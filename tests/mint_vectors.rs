@@ -160,3 +160,28 @@ fn a_token_minted_now_verifies_now() {
     let token = AccessToken::verify(&jwt, SECRET.as_bytes(), now).unwrap();
     assert!(token.issued_at().unwrap() <= now);
 }
+
+#[test]
+fn null_voice_params_are_left_out_as_in_twilio_node() {
+    let voice = VoiceGrant {
+        outgoing_application_sid: Some("AP00000000000000000000000000000005".into()),
+        outgoing_application_params: Some(Value::Null),
+        ..Default::default()
+    };
+    let json = serde_json::to_string(&voice).unwrap();
+    assert_eq!(
+        json,
+        r#"{"outgoing":{"application_sid":"AP00000000000000000000000000000005"}}"#
+    );
+}
+
+#[test]
+fn voice_params_without_an_application_sid_survive_re_serialisation() {
+    let wire = r#"{"outgoing":{"params":{"a":1}}}"#;
+    let voice: VoiceGrant = serde_json::from_str(wire).unwrap();
+    assert_eq!(
+        voice.outgoing_application_params,
+        Some(serde_json::json!({"a": 1}))
+    );
+    assert_eq!(serde_json::to_string(&voice).unwrap(), wire);
+}
