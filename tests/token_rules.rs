@@ -786,3 +786,14 @@ fn error_messages_are_short_name_the_twilio_code_and_never_hold_the_signature() 
         assert!(msg.len() < 120, "{msg}");
     }
 }
+
+#[test]
+fn header_strings_are_compared_as_json_not_as_text() {
+    // `\u0032` is "2": the same JSON string "HS256", spelt with escapes.
+    let header = r#"{"alg":"HS\u0032\u00356","typ":"J\u0057T","cty":"twilio-fpa;v\u003d1"}"#;
+    let jwt = sign_raw(header, &good_claims().to_string());
+    assert!(AccessToken::verify(&jwt, SECRET.as_bytes(), at(NOW)).is_ok());
+    let header = r#"{"alg":"HS\u0032\u00357","cty":"twilio-fpa;v=1"}"#;
+    let jwt = sign_raw(header, &good_claims().to_string());
+    assert_eq!(parse_err(&jwt).code(), 20102);
+}

@@ -108,6 +108,19 @@ fn json_object<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T,
     serde_json::from_str(text).map_err(|_| not_object())
 }
 
+/// Whether `raw` is the JSON string `want`; compares the text first, so the usual case allocates
+/// nothing, and decodes only when the token spelt it with escapes.
+fn json_str_is(raw: Option<&RawValue>, want: &str) -> bool {
+    let Some(text) = raw.map(RawValue::get) else {
+        return false;
+    };
+    let plain = text.len() == want.len() + 2
+        && text.starts_with('"')
+        && text.ends_with('"')
+        && &text[1..text.len() - 1] == want;
+    plain || (text.contains('\\') && json_string(raw).as_deref() == Some(want))
+}
+
 fn json_string(raw: Option<&RawValue>) -> Option<String> {
     raw.and_then(|r| serde_json::from_str::<String>(r.get()).ok())
 }
@@ -171,22 +184,21 @@ impl AccessToken {
         let claims: RawClaims<'_> = json_object(&payload_bytes, "payload")?;
 
         // Rule 2: Twilio's header.
-        let alg = json_string(header.alg);
-        if alg.as_deref() != Some("HS256") {
+        if !json_str_is(header.alg, "HS256") {
             return Err(TokenError::InvalidHeader {
-                reason: match (alg, header.alg) {
+                reason: match (json_string(header.alg), header.alg) {
                     (Some(a), _) => format!("alg is {a:?}, Twilio requires \"HS256\""),
                     (None, Some(_)) => "alg is not a string, Twilio requires \"HS256\"".into(),
                     (None, None) => "alg is missing, Twilio requires \"HS256\"".into(),
                 },
             });
         }
-        if json_string(header.cty).as_deref() != Some(CONTENT_TYPE) {
+        if !json_str_is(header.cty, CONTENT_TYPE) {
             return Err(TokenError::InvalidHeader {
                 reason: format!("cty must be \"{CONTENT_TYPE}\""),
             });
         }
-        if header.typ.is_some() && json_string(header.typ).as_deref() != Some("JWT") {
+        if header.typ.is_some() && !json_str_is(header.typ, "JWT") {
             return Err(TokenError::InvalidHeader {
                 reason: "typ must be \"JWT\" when present".into(),
             });
