@@ -2,7 +2,9 @@
 //!
 //! Field names follow the helper libraries (snake case on the wire). Fields appear in JSON only when
 //! set; an empty grant serialises as `{}`. Keys this crate does not know (legacy `ip_messaging`, `rtc`,
-//! or future grants) are kept in [`Grants::other`] and written back untouched.
+//! or future grants) are kept in [`Grants::other`] and written back untouched. Inside a known grant,
+//! fields this crate does not know are not kept: re-serialising such a grant leaves them out (the
+//! token text itself, [`AccessToken::as_str`](crate::AccessToken::as_str), is never changed).
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::ser::SerializeMap;

@@ -91,7 +91,8 @@ impl AccessTokenBuilder {
     }
 
     /// The lifetime, whole seconds (default [`DEFAULT_TTL`], 3600 s). As in twilio-node, zero means
-    /// the default. Twilio's servers refuse over 24 h, so [`to_jwt`](Self::to_jwt) does too.
+    /// the default; a fraction of a second is dropped, so under one second also means the default.
+    /// Twilio's servers refuse over 24 h, so [`to_jwt`](Self::to_jwt) does too.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -122,6 +123,9 @@ impl AccessTokenBuilder {
     }
 
     /// Signs the token.
+    ///
+    /// Grant fields are written as given: unlike twilio-node, which leaves out empty strings, a field
+    /// set to `Some("")` is written as `""`.
     ///
     /// # Errors
     /// [`TokenError::InvalidIssuer`] when the account SID does not start with `AC` or the API key SID
