@@ -1,15 +1,15 @@
 //! Properties: no input makes `parse` or `verify` panic, and a minted token reads back exactly.
 
-mod common;
+mod token_support;
 
 use access_manager::grants::{
     ChatGrant, PlaybackGrant, SyncGrant, TaskRouterGrant, VideoGrant, VoiceGrant,
 };
 use access_manager::{AccessToken, Grants};
-use common::*;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
+use token_support::*;
 
 const CASES: u32 = 256;
 const KNOWN_KEYS: [&str; 7] = [
