@@ -1,1 +1,111 @@
-fn main() {}
+//! Parsing and minting against the `jsonwebtoken` crate doing the same work.
+//!
+//! Both sides get the twilio-node `all_six_grants` vector. The baseline decodes into a claims type
+//! that uses this crate's own `Grants`, so both sides do the same grants work and the comparison is
+//! of the JWT machinery around it.
+
+use access_manager::grants::{
+    ChatGrant, PlaybackGrant, SyncGrant, TaskRouterGrant, VideoGrant, VoiceGrant,
+};
+use access_manager::{AccessToken, AccessTokenBuilder, Grants};
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::time::{Duration, UNIX_EPOCH};
+
+#[derive(Serialize, Deserialize)]
+struct Claims {
+    jti: String,
+    grants: Grants,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
+    iat: u64,
+    exp: u64,
+    iss: String,
+    sub: String,
+}
+
+fn vector() -> Value {
+    let doc: Value =
+        serde_json::from_str(include_str!("../tests/data/twilio_tokens.json")).unwrap();
+    doc["valid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "all_six_grants")
+        .unwrap()
+        .clone()
+}
+
+fn builder_for(v: &Value) -> AccessTokenBuilder {
+    let claims = &v["expected_claims"];
+    let g: Grants = serde_json::from_value(claims["grants"].clone()).unwrap();
+    let mut b = AccessToken::builder(
+        claims["sub"].as_str().unwrap(),
+        claims["iss"].as_str().unwrap(),
+        v["secret"].as_str().unwrap(),
+    )
+    .identity(g.identity.clone().unwrap())
+    .issued_at(UNIX_EPOCH + Duration::from_secs(v["now"].as_u64().unwrap()));
+    let grants: [Option<access_manager::grants::Grant>; 6] = [
+        g.chat.map(|c: ChatGrant| c.into()),
+        g.data_sync.map(|s: SyncGrant| s.into()),
+        g.voice.map(|s: VoiceGrant| s.into()),
+        g.video.map(|s: VideoGrant| s.into()),
+        g.task_router.map(|s: TaskRouterGrant| s.into()),
+        g.player.map(|s: PlaybackGrant| s.into()),
+    ];
+    for grant in grants.into_iter().flatten() {
+        b = b.grant(grant);
+    }
+    b
+}
+
+fn parse(c: &mut Criterion) {
+    let v = vector();
+    let jwt = v["token"].as_str().unwrap().to_owned();
+    assert!(AccessToken::parse(&jwt).is_ok());
+    assert!(jsonwebtoken::dangerous::insecure_decode::<Claims>(&jwt).is_ok());
+    let mut group = c.benchmark_group("parse");
+    group.bench_function("AccessToken::parse", |b| {
+        b.iter(|| AccessToken::parse(black_box(&jwt)).unwrap())
+    });
+    group.bench_function("jsonwebtoken::insecure_decode", |b| {
+        b.iter(|| jsonwebtoken::dangerous::insecure_decode::<Claims>(black_box(&jwt)).unwrap())
+    });
+    group.finish();
+}
+
+fn mint(c: &mut Criterion) {
+    let v = vector();
+    let builder = builder_for(&v);
+    let jwt = builder.to_jwt().unwrap();
+    assert_eq!(
+        jwt,
+        v["token"].as_str().unwrap(),
+        "the bench mints the vector"
+    );
+
+    let claims: Claims = serde_json::from_value(v["expected_claims"].clone()).unwrap();
+    let mut header = Header::new(Algorithm::HS256);
+    header.cty = Some("twilio-fpa;v=1".into());
+    let key = EncodingKey::from_secret(v["secret"].as_str().unwrap().as_bytes()).unwrap();
+    let theirs = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+    let same = AccessToken::verify(&theirs, v["secret"].as_str().unwrap().as_bytes(), {
+        UNIX_EPOCH + Duration::from_secs(v["now"].as_u64().unwrap())
+    });
+    assert!(same.is_ok(), "the baseline mints an equivalent token");
+
+    let mut group = c.benchmark_group("mint");
+    group.bench_function("AccessTokenBuilder::to_jwt", |b| {
+        b.iter(|| black_box(&builder).to_jwt().unwrap())
+    });
+    group.bench_function("jsonwebtoken::encode", |b| {
+        b.iter(|| jsonwebtoken::encode(black_box(&header), black_box(&claims), &key).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parse, mint);
+criterion_main!(benches);

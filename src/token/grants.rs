@@ -2,7 +2,9 @@
 //!
 //! Field names follow the helper libraries (snake case on the wire). Fields appear in JSON only when
 //! set; an empty grant serialises as `{}`. Keys this crate does not know (legacy `ip_messaging`, `rtc`,
-//! or future grants) are kept in [`Grants::other`] and written back untouched.
+//! or future grants) are kept in [`Grants::other`] and written back untouched. Inside a known grant,
+//! fields this crate does not know are not kept: re-serialising such a grant leaves them out (the
+//! token text itself, [`AccessToken::as_str`](crate::AccessToken::as_str), is never changed).
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -95,8 +97,10 @@ pub struct SyncGrant {
 
 /// Voice grant (wire key `voice`).
 ///
-/// On the wire: `incoming: {allow: true}` only when [`incoming_allow`](Self::incoming_allow) is true,
-/// `outgoing: {application_sid, params}` only when an application SID is set.
+/// On the wire: `incoming: {allow: true}` only when [`incoming_allow`](Self::incoming_allow) is true
+/// (so a parsed `{allow: false}` is written back as no `incoming` at all), and
+/// `outgoing: {application_sid, params}` when an application SID (or params) is set; `null` params
+/// are left out, as twilio-node does.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct VoiceGrant {
     /// Whether the client may receive incoming calls.
@@ -117,39 +121,65 @@ struct VoiceIncoming {
     allow: bool,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct VoiceOutgoing {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     application_sid: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     params: Option<Value>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct VoiceWire {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     incoming: Option<VoiceIncoming>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     outgoing: Option<VoiceOutgoing>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     push_credential_sid: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     endpoint_id: Option<String>,
+}
+
+/// The wire form, borrowed from a [`VoiceGrant`] so that serialising (minting) copies nothing.
+#[derive(Serialize)]
+struct VoiceWireRef<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    incoming: Option<VoiceIncoming>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outgoing: Option<VoiceOutgoingRef<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    push_credential_sid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoint_id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct VoiceOutgoingRef<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    application_sid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    params: Option<&'a Value>,
 }
 
 impl Serialize for VoiceGrant {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        VoiceWire {
+        // `null` params are left out, as twilio-node does (and as parsing reads them back).
+        let params = self
+            .outgoing_application_params
+            .as_ref()
+            .filter(|p| !p.is_null());
+        let application_sid = self.outgoing_application_sid.as_deref();
+        VoiceWireRef {
             incoming: self.incoming_allow.then_some(VoiceIncoming { allow: true }),
-            outgoing: self
-                .outgoing_application_sid
-                .as_ref()
-                .map(|sid| VoiceOutgoing {
-                    application_sid: Some(sid.clone()),
-                    params: self.outgoing_application_params.clone(),
-                }),
-            push_credential_sid: self.push_credential_sid.clone(),
-            endpoint_id: self.endpoint_id.clone(),
+            // twilio-node writes `outgoing` only with an application SID; params without one only
+            // come from a parsed token, and are kept so that re-serialising loses nothing.
+            outgoing: (application_sid.is_some() || params.is_some()).then_some(VoiceOutgoingRef {
+                application_sid,
+                params,
+            }),
+            push_credential_sid: self.push_credential_sid.as_deref(),
+            endpoint_id: self.endpoint_id.as_deref(),
         }
         .serialize(serializer)
     }

@@ -60,7 +60,7 @@ struct Header<'a> {
 
 #[derive(Serialize)]
 struct Claims<'a> {
-    jti: String,
+    jti: Jti<'a>,
     grants: &'a Grants,
     #[serde(skip_serializing_if = "Option::is_none")]
     nbf: Option<u64>,
@@ -91,7 +91,8 @@ impl AccessTokenBuilder {
     }
 
     /// The lifetime, whole seconds (default [`DEFAULT_TTL`], 3600 s). As in twilio-node, zero means
-    /// the default. Twilio's servers refuse over 24 h, so [`to_jwt`](Self::to_jwt) does too.
+    /// the default; a fraction of a second is dropped, so under one second also means the default.
+    /// Twilio's servers refuse over 24 h, so [`to_jwt`](Self::to_jwt) does too.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -123,6 +124,9 @@ impl AccessTokenBuilder {
 
     /// Signs the token.
     ///
+    /// Grant fields are written as given: unlike twilio-node, which leaves out empty strings, a field
+    /// set to `Some("")` is written as `""`.
+    ///
     /// # Errors
     /// [`TokenError::InvalidIssuer`] when the account SID does not start with `AC` or the API key SID
     /// with `SK`; [`TokenError::LifetimeTooLong`] for a ttl over 24 h.
@@ -145,14 +149,11 @@ impl AccessTokenBuilder {
             return Err(TokenError::LifetimeTooLong { lifetime_secs: ttl });
         }
         let iat = unix_secs(self.issued_at.unwrap_or_else(|| SystemClock.now()));
-        let header = Header {
-            alg: "HS256",
-            typ: "JWT",
-            cty: CONTENT_TYPE,
-            twr: self.region.as_deref(),
-        };
         let claims = Claims {
-            jti: format!("{}-{iat}", self.api_key_sid),
+            jti: Jti {
+                api_key_sid: &self.api_key_sid,
+                iat,
+            },
             grants: &self.grants,
             nbf: self.not_before.map(unix_secs),
             iat,
@@ -160,27 +161,50 @@ impl AccessTokenBuilder {
             iss: &self.api_key_sid,
             sub: &self.account_sid,
         };
-        let header =
-            serde_json::to_vec(&header).map_err(|e| TokenError::malformed(e.to_string()))?;
         let claims =
             serde_json::to_vec(&claims).map_err(|e| TokenError::malformed(e.to_string()))?;
-        Ok(sign_hs256(&header, &claims, &self.secret))
+        let mut jwt = String::with_capacity(claims.len() * 4 / 3 + 160);
+        match self.region.as_deref() {
+            // The usual header never changes: skip serialising and encoding it.
+            None => jwt.push_str(HEADER_B64),
+            Some(region) => {
+                let header = Header {
+                    alg: "HS256",
+                    typ: "JWT",
+                    cty: CONTENT_TYPE,
+                    twr: Some(region),
+                };
+                let header = serde_json::to_vec(&header)
+                    .map_err(|e| TokenError::malformed(e.to_string()))?;
+                URL_SAFE_NO_PAD.encode_string(header, &mut jwt);
+            }
+        }
+        jwt.push('.');
+        URL_SAFE_NO_PAD.encode_string(claims, &mut jwt);
+        let mut mac =
+            HmacSha256::new_from_slice(&self.secret).expect("HMAC takes keys of any length");
+        mac.update(jwt.as_bytes());
+        let sig = mac.finalize().into_bytes();
+        jwt.push('.');
+        URL_SAFE_NO_PAD.encode_string(sig, &mut jwt);
+        Ok(jwt)
     }
 }
 
-/// Joins `header` and `claims` (JSON bytes) into a JWT signed with HMAC-SHA256.
-pub(crate) fn sign_hs256(header: &[u8], claims: &[u8], secret: &[u8]) -> String {
-    let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
-    let mut jwt = String::with_capacity((header.len() + claims.len()) * 4 / 3 + 48);
-    jwt.push_str(&b64(header));
-    jwt.push('.');
-    jwt.push_str(&b64(claims));
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(jwt.as_bytes());
-    let sig = mac.finalize().into_bytes();
-    jwt.push('.');
-    jwt.push_str(&b64(&sig));
-    jwt
+/// base64url of `{"alg":"HS256","typ":"JWT","cty":"twilio-fpa;v=1"}`, twilio-node's header without a
+/// region (a unit test checks it against the serialised [`Header`]).
+const HEADER_B64: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImN0eSI6InR3aWxpby1mcGE7dj0xIn0";
+
+/// `jti`, `"{API key SID}-{iat}"`, written straight into the claims without a temporary string.
+struct Jti<'a> {
+    api_key_sid: &'a str,
+    iat: u64,
+}
+
+impl Serialize for Jti<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{}-{}", self.api_key_sid, self.iat))
+    }
 }
 
 /// Constant-time check of an HS256 signature.
@@ -202,5 +226,22 @@ impl fmt::Debug for AccessTokenBuilder {
             .field("region", &self.region)
             .field("grants", &self.grants)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_constant_header_is_the_serialised_header() {
+        let header = Header {
+            alg: "HS256",
+            typ: "JWT",
+            cty: CONTENT_TYPE,
+            twr: None,
+        };
+        let json = serde_json::to_vec(&header).unwrap();
+        assert_eq!(URL_SAFE_NO_PAD.encode(json), HEADER_B64);
     }
 }

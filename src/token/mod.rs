@@ -53,32 +53,41 @@ struct Inner {
     grants: Grants,
 }
 
+// Every field goes through `present`: a plain `Option` would read `"nbf": null` as an absent
+// claim, but the format's rules treat a present `null` as a claim of the wrong type.
 #[derive(Deserialize)]
 struct RawHeader<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     alg: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     typ: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     cty: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     twr: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
 struct RawClaims<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     iss: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     sub: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     exp: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     nbf: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     iat: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     grants: Option<&'a RawValue>,
+}
+
+/// A key that is present, whatever its value (`null` included).
+fn present<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'a RawValue>, D::Error> {
+    <&'a RawValue>::deserialize(deserializer).map(Some)
 }
 
 fn decode_segment(seg: &str, what: &str) -> Result<Vec<u8>, TokenError> {
@@ -87,14 +96,29 @@ fn decode_segment(seg: &str, what: &str) -> Result<Vec<u8>, TokenError> {
         .map_err(|_| TokenError::malformed(format!("the {what} is not unpadded base64url")))
 }
 
-/// Decodes a JSON object; anything else (an array, a string, trailing text) is malformed.
+/// Decodes a JSON object; anything else (an array, a string, trailing text, bytes that are not
+/// UTF-8 even inside a string nobody reads) is malformed.
 fn json_object<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, TokenError> {
     let not_object = || TokenError::malformed(format!("the {what} is not a JSON object"));
-    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-    if first != Some(&b'{') {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| TokenError::malformed(format!("the {what} is not UTF-8")))?;
+    if !text.trim_start().starts_with('{') {
         return Err(not_object());
     }
-    serde_json::from_slice(bytes).map_err(|_| not_object())
+    serde_json::from_str(text).map_err(|_| not_object())
+}
+
+/// Whether `raw` is the JSON string `want`; compares the text first, so the usual case allocates
+/// nothing, and decodes only when the token spelt it with escapes.
+fn json_str_is(raw: Option<&RawValue>, want: &str) -> bool {
+    let Some(text) = raw.map(RawValue::get) else {
+        return false;
+    };
+    let plain = text.len() == want.len() + 2
+        && text.starts_with('"')
+        && text.ends_with('"')
+        && &text[1..text.len() - 1] == want;
+    plain || (text.contains('\\') && json_string(raw).as_deref() == Some(want))
 }
 
 fn json_string(raw: Option<&RawValue>) -> Option<String> {
@@ -103,7 +127,13 @@ fn json_string(raw: Option<&RawValue>) -> Option<String> {
 
 /// A non-negative JSON number, truncated to whole seconds and clamped to the representable range.
 fn json_seconds(raw: &RawValue) -> Option<u64> {
-    let n: serde_json::Number = serde_json::from_str(raw.get()).ok()?;
+    let Ok(n) = serde_json::from_str::<serde_json::Number>(raw.get()) else {
+        // serde_json refuses numbers beyond f64 (`1e400`); a positive one is simply very late.
+        return raw
+            .get()
+            .starts_with(|c: char| c.is_ascii_digit())
+            .then_some(u64::MAX);
+    };
     if let Some(u) = n.as_u64() {
         return Some(u);
     }
@@ -154,21 +184,21 @@ impl AccessToken {
         let claims: RawClaims<'_> = json_object(&payload_bytes, "payload")?;
 
         // Rule 2: Twilio's header.
-        let alg = json_string(header.alg);
-        if alg.as_deref() != Some("HS256") {
+        if !json_str_is(header.alg, "HS256") {
             return Err(TokenError::InvalidHeader {
-                reason: match alg {
-                    Some(a) => format!("alg is {a:?}, Twilio requires \"HS256\""),
-                    None => "alg is missing, Twilio requires \"HS256\"".into(),
+                reason: match (json_string(header.alg), header.alg) {
+                    (Some(a), _) => format!("alg is {a:?}, Twilio requires \"HS256\""),
+                    (None, Some(_)) => "alg is not a string, Twilio requires \"HS256\"".into(),
+                    (None, None) => "alg is missing, Twilio requires \"HS256\"".into(),
                 },
             });
         }
-        if json_string(header.cty).as_deref() != Some(CONTENT_TYPE) {
+        if !json_str_is(header.cty, CONTENT_TYPE) {
             return Err(TokenError::InvalidHeader {
                 reason: format!("cty must be \"{CONTENT_TYPE}\""),
             });
         }
-        if header.typ.is_some() && json_string(header.typ).as_deref() != Some("JWT") {
+        if header.typ.is_some() && !json_str_is(header.typ, "JWT") {
             return Err(TokenError::InvalidHeader {
                 reason: "typ must be \"JWT\" when present".into(),
             });
@@ -380,11 +410,14 @@ impl AccessToken {
     }
 
     /// `exp` in whole unix seconds.
+    // For the manager's timers, which live outside this module.
+    #[allow(dead_code)]
     pub(crate) fn exp_secs(&self) -> u64 {
         self.inner.exp
     }
 
     /// `iat`, else `nbf`, in whole unix seconds.
+    #[allow(dead_code)]
     pub(crate) fn start_secs(&self) -> Option<u64> {
         self.inner.iat.or(self.inner.nbf)
     }
@@ -478,6 +511,8 @@ mod tests {
         assert_eq!(json_seconds(&raw("12")), Some(12));
         assert_eq!(json_seconds(&raw("12.9")), Some(12));
         assert_eq!(json_seconds(&raw("1e300")), Some(u64::MAX));
+        assert_eq!(json_seconds(&raw("1e400")), Some(u64::MAX));
+        assert_eq!(json_seconds(&raw("-1e400")), None);
         assert_eq!(json_seconds(&raw("-1")), None);
         assert_eq!(json_seconds(&raw("-0.5")), None);
         assert_eq!(json_seconds(&raw("\"12\"")), None);
