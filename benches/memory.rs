@@ -1,0 +1,126 @@
+//! Live heap per manager holding a token (one registered consumer, no subscription), counted by a
+//! global allocator. Prints bytes per manager beside the peer's figure (twilio-common 0.1.7 on
+//! node 20, measured by `benches/peer/twilio_common_bench.js` on the same machine).
+//!
+//! `cargo bench --bench memory` (N managers, default 100 000: `MEMORY_N=10000` for a quick run).
+
+use access_manager::grants::{ChatGrant, SyncGrant, VideoGrant, VoiceGrant};
+use access_manager::{AccessManager, AccessToken, ConsumerError, TokenConsumer};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// The peer's live heap per manager holding a token, bytes (see benches/peer/README.md).
+const PEER_BYTES: f64 = 4100.0;
+
+#[derive(Debug)]
+struct NoOp;
+
+#[async_trait::async_trait]
+impl TokenConsumer for NoOp {
+    fn name(&self) -> &str {
+        "noop"
+    }
+    async fn update_token(&self, _token: &AccessToken) -> Result<(), ConsumerError> {
+        Ok(())
+    }
+}
+
+fn main() {
+    let n: usize = std::env::var("MEMORY_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Tokens live long enough for any run; minted (and held) before the measurement.
+    let now = access_manager::clock::Clock::now(&access_manager::clock::SystemClock);
+    let iat = now.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let tokens: Vec<String> = (0..n)
+        .map(|i| {
+            AccessToken::builder(
+                "AC0123456789abcdef0123456789abcdef",
+                "SKfedcba9876543210fedcba9876543210",
+                "secret",
+            )
+            .identity(format!("user-{i:06}"))
+            .issued_at(UNIX_EPOCH + Duration::from_secs(iat))
+            .ttl(Duration::from_secs(86_400))
+            .grant(ChatGrant {
+                service_sid: Some("IS00000000000000000000000000000001".into()),
+                ..Default::default()
+            })
+            .grant(SyncGrant {
+                service_sid: Some("IS00000000000000000000000000000002".into()),
+                ..Default::default()
+            })
+            .grant(VoiceGrant {
+                incoming_allow: true,
+                outgoing_application_sid: Some("AP00000000000000000000000000000005".into()),
+                ..Default::default()
+            })
+            .grant(VideoGrant {
+                room: Some("room".into()),
+            })
+            .to_jwt()
+            .unwrap()
+        })
+        .collect();
+    let consumer = Arc::new(NoOp);
+
+    rt.block_on(async {
+        // Warm up the runtime's own structures.
+        let warm = AccessManager::builder().initial_token(tokens[0].clone()).build().unwrap();
+        warm.register(&consumer);
+        tokio::task::yield_now().await;
+        warm.shutdown().await;
+        drop(warm);
+
+        let tokens = tokens.clone(); // copies made before the measurement
+        let before = LIVE.load(Ordering::SeqCst);
+        let mut managers = Vec::with_capacity(n);
+        for jwt in tokens {
+            let m = AccessManager::builder().initial_token(jwt).build().unwrap();
+            m.register(&consumer);
+            managers.push(m);
+        }
+        // Let every driver start, take its first delivery and go to sleep.
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        let after = LIVE.load(Ordering::SeqCst);
+        let vec_bytes = (managers.capacity() * std::mem::size_of::<AccessManager>()) as isize;
+        let per = (after - before - vec_bytes) as f64 / n as f64;
+        println!("managers: {n}");
+        println!("live heap per manager holding a token: {per:.0} B");
+        println!("peer (twilio-common 0.1.7, node 20): {PEER_BYTES:.0} B");
+        println!("ratio ours/peer: {:.2}x (goal <= 0.50x)", per / PEER_BYTES);
+        for m in &managers {
+            m.shutdown().await;
+        }
+    });
+}
