@@ -108,6 +108,10 @@ impl Call {
     pub fn fail(self, msg: &str) {
         self.answer(Err(FetchError::transient(msg.to_string())));
     }
+    /// Whether the manager has given up on this fetch (dropped the future waiting for it).
+    pub fn abandoned(&self) -> bool {
+        self.answer.is_closed()
+    }
 }
 
 /// A fetcher whose every call the test answers by hand, through [`Calls`].
