@@ -443,3 +443,35 @@ async fn b13_no_signature_or_secret_reaches_logs_events_errors_or_debug_output()
 fn builder_for_debug() -> access_manager::AccessTokenBuilder {
     access_manager::AccessToken::builder(ACCOUNT, KEY, SECRET)
 }
+
+/// A fetcher whose teardown takes a while (an HTTP client closing its connections, say).
+struct SlowToDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for SlowToDrop {
+    fn drop(&mut self) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b12_shutdown_returns_only_once_the_fetcher_is_dropped() {
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let guard = SlowToDrop(dropped.clone());
+    let fetcher = access_manager::fetcher_fn(move |_| {
+        let _keep = &guard;
+        async { Err::<String, _>(FetchError::permanent("unused")) }
+    });
+    let clock = clock();
+    let manager = AccessManager::builder()
+        .clock(clock.clone())
+        .fetcher(fetcher)
+        .initial_token(mint("alice", T0, 3600))
+        .build()
+        .unwrap();
+    manager.shutdown().await;
+    assert!(
+        dropped.load(std::sync::atomic::Ordering::SeqCst),
+        "shutdown() returned while the driver still held the fetcher"
+    );
+}
