@@ -84,7 +84,7 @@ async fn b8_a_consumer_busy_while_two_newer_tokens_arrive_gets_only_the_newest()
     let u3 = spawn_update(&manager, &t3).await;
     assert_eq!(
         quick.seen(),
-        [t1.clone(), t2.clone(), t3.clone()],
+        [t1.as_str(), t2.as_str(), t3.as_str()],
         "the quick one is not held back"
     );
     assert_eq!(busy.calls(), 1, "a busy consumer got a second call at once");
@@ -101,7 +101,7 @@ async fn b8_a_consumer_busy_while_two_newer_tokens_arrive_gets_only_the_newest()
     settle().await;
     assert_eq!(
         busy.seen(),
-        [t1.clone(), t3.clone()],
+        [t1.as_str(), t3.as_str()],
         "token 2 must be skipped, never delivered"
     );
     assert_eq!(busy.calls(), 2);
@@ -125,7 +125,7 @@ async fn b8_slow_failing_and_panicking_consumers_delay_and_harm_no_other() {
     slow.wait_calls(1).await;
     assert_eq!(
         fast.seen(),
-        [t1.clone()],
+        [t1.as_str()],
         "the fast one waited for the slow one"
     );
     assert_eq!((failing.calls(), panicking.calls()), (1, 1));
@@ -136,7 +136,7 @@ async fn b8_slow_failing_and_panicking_consumers_delay_and_harm_no_other() {
 
     // While the slow one still holds token 1, token 2 reaches every other consumer at once.
     let u2 = spawn_update(&manager, &t2).await;
-    assert_eq!(fast.seen(), [t1.clone(), t2.clone()]);
+    assert_eq!(fast.seen(), [t1.as_str(), t2.as_str()]);
     assert_eq!((failing.calls(), panicking.calls()), (2, 2));
 
     slow.release();
@@ -154,7 +154,7 @@ async fn b8_slow_failing_and_panicking_consumers_delay_and_harm_no_other() {
         "{why:?}"
     );
     assert!(why.iter().any(|e| e.contains("panicked")), "{why:?}");
-    assert_eq!(slow.seen(), [t1.clone(), t2.clone()]);
+    assert_eq!(slow.seen(), [t1.as_str(), t2.as_str()]);
 
     let events = drain(&mut events).await;
     let failures = consumer_failures(&events);
@@ -182,7 +182,7 @@ async fn b8_a_consumer_lacking_its_required_grant_is_not_called_and_is_reported(
     let plain = mint("alice", T0 - 1, 3600);
     let report = manager.update_token(&plain).await.unwrap();
     assert_eq!(router.calls(), 0, "called without its required grant");
-    assert_eq!(chat.seen(), [plain.clone()]);
+    assert_eq!(chat.seen(), [plain.as_str()]);
     assert_eq!(report.delivered(), 1);
     let rows: Vec<(String, String)> = report
         .failed()
@@ -202,7 +202,7 @@ async fn b8_a_consumer_lacking_its_required_grant_is_not_called_and_is_reported(
         .unwrap();
     let report = manager.update_token(&with_router).await.unwrap();
     assert_eq!(report.failed().count(), 0);
-    assert_eq!(router.seen(), [with_router.clone()]);
+    assert_eq!(router.seen(), [with_router.as_str()]);
 
     // Registered while a token lacking its grant is current: reported the same way, not called.
     let player = Recorder::requiring("player", GrantKind::Playback);
@@ -244,7 +244,7 @@ async fn b8_a_consumer_panicking_in_drop_after_the_app_let_go_does_not_take_the_
         .await
         .expect("the manager went down");
     assert_eq!(r2.delivered(), 1);
-    assert_eq!(other.seen(), [t1.clone(), t2.clone()]);
+    assert_eq!(other.seen(), [t1.as_str(), t2.as_str()]);
     assert_eq!(trace.calls(), 1, "a dropped consumer was called again");
     assert_eq!(manager.consumer_count(), 1);
 }
@@ -312,7 +312,7 @@ async fn b9_a_consumer_registered_while_a_token_is_current_receives_it_promptly(
     let chat = Recorder::new("chat", Mode::Accept);
     manager.register(&chat);
     settle().await; // no update, no clock movement
-    assert_eq!(chat.seen(), [held.clone()]);
+    assert_eq!(chat.seen(), [held.as_str()]);
     assert!(
         drain(&mut events).await.is_empty(),
         "no event for a registration"
@@ -340,7 +340,11 @@ async fn b9_a_consumer_registered_just_as_a_token_arrives_gets_it_once() {
     let report = update.await.unwrap();
     assert_eq!(report.delivered(), 1);
     settle().await;
-    assert_eq!(chat.seen(), [jwt.clone()], "the same token delivered twice");
+    assert_eq!(
+        chat.seen(),
+        [jwt.as_str()],
+        "the same token delivered twice"
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -357,7 +361,7 @@ async fn b9_unregister_answers_true_once_then_false_and_the_consumer_gets_nothin
     let report = manager.update_token(mint("alice", T0, 3600)).await.unwrap();
     assert_eq!(report.delivered(), 0);
     settle().await;
-    assert_eq!(chat.seen(), [t1.clone()]);
+    assert_eq!(chat.seen(), [t1.as_str()]);
     assert_eq!(chat.calls(), 1);
 }
 
@@ -398,5 +402,5 @@ async fn b9_ten_thousand_consumers_on_one_manager_all_get_the_token() {
     let report = manager.update_token(&jwt).await.unwrap();
     assert_eq!(report.delivered(), N);
     assert_eq!(report.failed().count(), 0);
-    assert!(consumers.iter().all(|c| c.seen() == [jwt.clone()]));
+    assert!(consumers.iter().all(|c| c.seen() == [jwt.as_str()]));
 }

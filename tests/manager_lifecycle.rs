@@ -448,6 +448,9 @@ fn builder_for_debug() -> access_manager::AccessTokenBuilder {
 struct SlowToDrop(Arc<std::sync::atomic::AtomicBool>);
 
 impl Drop for SlowToDrop {
+    // Not a wait for something to happen: a teardown that takes time, so that a shutdown() not
+    // waiting for it returns visibly early.
+    #[allow(clippy::disallowed_methods)]
     fn drop(&mut self) {
         std::thread::sleep(std::time::Duration::from_millis(50));
         self.0.store(true, std::sync::atomic::Ordering::SeqCst);
