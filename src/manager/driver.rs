@@ -134,8 +134,14 @@ impl Driver {
         driver
     }
 
-    pub(super) async fn run(mut self) {
+    pub(super) async fn run(self) {
+        // Closed only after `serve` has dropped the driver (fetcher, in-flight fetch and
+        // deliveries), so that `shutdown()` returns once all of it is gone.
         let _close = CloseOnDrop(self.shared.clone());
+        self.serve().await;
+    }
+
+    async fn serve(mut self) {
         loop {
             // Timers first, so that commands see the state as of now.
             self.on_time(self.shared.clock.now());

@@ -144,6 +144,11 @@ impl Fanout {
             let Some(pos) = consumers.iter().position(|s| s.id == id) else {
                 return;
             };
+            if consumers[pos].busy {
+                // A publish since it registered already gives it the current token: the one in
+                // flight, or the one `wants_current` queues.
+                return;
+            }
             match plan(&mut consumers[pos], token) {
                 None => {
                     consumers.swap_remove(pos);
@@ -231,6 +236,7 @@ impl Fanout {
             let (consumer, error) = (done.name.to_string(), e.to_string());
             shared.emit(|| Event::ConsumerFailed { consumer, error });
         }
+        let (id, mut gone) = (done.id, false);
         let next = {
             let mut consumers = lock(&shared.consumers);
             match consumers.iter().position(|s| s.id == done.id) {
@@ -244,6 +250,7 @@ impl Fanout {
                             Some(token) => match plan(slot, token) {
                                 None => {
                                     consumers.swap_remove(pos);
+                                    gone = true;
                                     None
                                 }
                                 Some(start) => start.map(|s| (s, token.clone())),
@@ -257,6 +264,10 @@ impl Fanout {
             }
         };
         self.settle(done);
+        if gone {
+            // Newer updates counted on it: they must not wait for it any more.
+            self.forget(id);
+        }
         if let Some((start, token)) = next {
             self.start(shared, start, &token, self.generation);
         }

@@ -134,8 +134,11 @@ impl AccessManager {
     /// the result of a fetch (joined or started).
     ///
     /// # Errors
-    /// As [`refresh`](Self::refresh).
+    /// As [`refresh`](Self::refresh): `Closed` after shutdown, even when the held token qualifies.
     pub async fn fresh_token(&self, min_remaining: Duration) -> Result<AccessToken, RefreshError> {
+        if self.shared().is_closed() {
+            return Err(RefreshError::Closed);
+        }
         if let Some(token) = self.token() {
             let now = self.shared().clock.now();
             if token.remaining_at(now) >= min_remaining && now < token.expires_at() {

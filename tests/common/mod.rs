@@ -108,6 +108,10 @@ impl Call {
     pub fn fail(self, msg: &str) {
         self.answer(Err(FetchError::transient(msg.to_string())));
     }
+    /// Whether the manager has given up on this fetch (dropped the future waiting for it).
+    pub fn abandoned(&self) -> bool {
+        self.answer.is_closed()
+    }
 }
 
 /// A fetcher whose every call the test answers by hand, through [`Calls`].
@@ -289,4 +293,124 @@ impl TokenConsumer for Recorder {
         self.changed.notify_waiters();
         Ok(())
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A consumer whose record outlives it
+
+/// What a [`Detached`] consumer did, kept by the test after the consumer itself is dropped.
+#[derive(Default)]
+pub struct Trace {
+    seen: Mutex<Vec<String>>,
+    calls: AtomicUsize,
+    dropped: AtomicUsize,
+    changed: Notify,
+    gate: Notify,
+}
+
+impl Trace {
+    /// Tokens the consumer accepted, in order.
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+    /// How many times the manager called it.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+    /// Whether the consumer has been dropped (by whoever held it last).
+    pub fn dropped(&self) -> bool {
+        self.dropped.load(Ordering::SeqCst) > 0
+    }
+    /// Lets one gated call through.
+    pub fn release(&self) {
+        self.gate.notify_one();
+    }
+    /// Waits until the consumer has been called `n` times in all.
+    pub async fn wait_calls(&self, n: usize) {
+        loop {
+            let changed = self.changed.notified();
+            if self.calls() >= n {
+                return;
+            }
+            changed.await;
+        }
+    }
+    /// Waits until the consumer has been dropped.
+    pub async fn wait_dropped(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if self.dropped() {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// A consumer that records into a [`Trace`] the test keeps, so the test can drop the consumer and
+/// still see whether the manager called it. Optionally gated (each call waits for
+/// `Trace::release`) and optionally panicking in `Drop`.
+pub struct Detached {
+    name: String,
+    trace: Arc<Trace>,
+    gated: bool,
+    panic_on_drop: bool,
+}
+
+impl Detached {
+    pub fn new(name: &str) -> (Arc<Detached>, Arc<Trace>) {
+        Detached::with(name, false, false)
+    }
+    pub fn with(name: &str, gated: bool, panic_on_drop: bool) -> (Arc<Detached>, Arc<Trace>) {
+        let trace = Arc::new(Trace::default());
+        let consumer = Arc::new(Detached {
+            name: name.into(),
+            trace: trace.clone(),
+            gated,
+            panic_on_drop,
+        });
+        (consumer, trace)
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        self.trace.dropped.fetch_add(1, Ordering::SeqCst);
+        self.trace.changed.notify_waiters();
+        if self.panic_on_drop && !std::thread::panicking() {
+            panic!("consumer {} panics when dropped, on purpose", self.name);
+        }
+    }
+}
+
+#[async_trait]
+impl TokenConsumer for Detached {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    async fn update_token(&self, token: &AccessToken) -> Result<(), ConsumerError> {
+        self.trace.calls.fetch_add(1, Ordering::SeqCst);
+        self.trace.changed.notify_waiters();
+        if self.gated {
+            self.trace.gate.notified().await;
+        }
+        self.trace
+            .seen
+            .lock()
+            .unwrap()
+            .push(token.as_str().to_string());
+        self.trace.changed.notify_waiters();
+        Ok(())
+    }
+}
+
+/// The `ConsumerFailed` events among `events`, as (consumer, error).
+pub fn consumer_failures(events: &[Event]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ConsumerFailed { consumer, error } => Some((consumer.clone(), error.clone())),
+            _ => None,
+        })
+        .collect()
 }
