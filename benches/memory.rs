@@ -24,7 +24,10 @@ unsafe impl GlobalAlloc for Counting {
         System.dealloc(ptr, layout)
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         System.realloc(ptr, layout, new_size)
     }
 }
@@ -94,7 +97,10 @@ fn main() {
 
     rt.block_on(async {
         // Warm up the runtime's own structures.
-        let warm = AccessManager::builder().initial_token(tokens[0].clone()).build().unwrap();
+        let warm = AccessManager::builder()
+            .initial_token(tokens[0].clone())
+            .build()
+            .unwrap();
         warm.register(&consumer);
         tokio::task::yield_now().await;
         warm.shutdown().await;

@@ -36,6 +36,8 @@ struct Current {
     expires_at: SystemTime,
 }
 
+type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 type FetchReply = oneshot::Sender<Result<AccessToken, RefreshError>>;
 
 struct InFlight {
@@ -66,7 +68,7 @@ pub(super) struct Driver {
     /// Failed attempts of the refresh under way.
     failures: u32,
     fanout: Fanout,
-    sleep: Option<(SystemTime, Pin<Box<dyn Future<Output = ()> + Send>>)>,
+    sleep: Option<(SystemTime, Sleep)>,
 }
 
 static SEED_COUNTER: AtomicU64 = AtomicU64::new(0x5EED);

@@ -71,7 +71,11 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// Decides, for a slot that should get `token`, whether to call it now, queue it, or report a
 /// missing grant. `None` when the slot's consumer is gone.
 fn plan(slot: &mut Slot, token: &AccessToken) -> Option<Option<Start>> {
-    let consumer = slot.consumer.upgrade()?;
+    // No `Arc` is made unless it goes into a delivery, where its drop is caught: if the app lets
+    // go meanwhile, ours may be the last one, and its `Drop` is user code.
+    if slot.consumer.strong_count() == 0 {
+        return None;
+    }
     if slot.busy {
         slot.wants_current = true;
         return Some(None);
@@ -81,6 +85,7 @@ fn plan(slot: &mut Slot, token: &AccessToken) -> Option<Option<Start>> {
             return Some(Some(Start::MissingGrant(slot.id, slot.name.clone())));
         }
     }
+    let consumer = slot.consumer.upgrade()?;
     slot.busy = true;
     Some(Some(Start::Call(slot.id, consumer, slot.name.clone())))
 }
