@@ -20,12 +20,14 @@ mod backoff;
 mod consumer;
 mod event;
 mod fetcher;
+mod limiter;
 mod manager;
 
 pub use backoff::Backoff;
 pub use consumer::{ConsumerError, ConsumerId, TokenConsumer};
 pub use event::{Event, Events};
 pub use fetcher::{fetcher_fn, FetchError, FetchReason, FetchRequest, TokenFetcher};
+pub use limiter::FetchLimiter;
 pub use manager::error::{BuildError, RefreshError, UpdateError, UpdateReport};
 pub use manager::{
     AccessManager, AccessManagerBuilder, DEFAULT_CONSUMER_TIMEOUT, DEFAULT_EVENT_CAPACITY,

@@ -2,13 +2,13 @@
 
 use super::error::{RefreshError, UpdateError, UpdateReport};
 use super::fanout::{panic_message, Delivered, Fanout, ReportReply};
-use super::shared::{lock, Command, Shared};
+use super::shared::{lock, shift, Command, Shared};
 use super::AccessManagerBuilder;
 use crate::backoff::{Backoff, SplitMix64};
 use crate::event::Event;
 use crate::fetcher::{FetchError, FetchReason, FetchRequest};
 use crate::token::unix_secs;
-use crate::{AccessToken, TokenError, TokenFetcher};
+use crate::{AccessToken, FetchLimiter, TokenFetcher};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use std::future::Future;
@@ -21,6 +21,10 @@ use tokio::sync::oneshot;
 
 /// The shortest wait before an automatic fetch after a token arrived (behaviour 7).
 const MIN_FETCH_SPACING: Duration = Duration::from_secs(1);
+/// The largest issuer clock offset the skew estimate applies.
+const MAX_SKEW: Duration = Duration::from_secs(86_400);
+/// An issuer clock offset above this is reported once as `ClockSkewSuspected`.
+const SKEW_REPORT_THRESHOLD: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Phase {
@@ -69,6 +73,10 @@ pub(super) struct Driver {
     failures: u32,
     fanout: Fanout,
     sleep: Option<(SystemTime, Sleep)>,
+    limiter: Option<FetchLimiter>,
+    refresh_jitter: Duration,
+    estimate_clock_skew: bool,
+    skew_reported: bool,
 }
 
 static SEED_COUNTER: AtomicU64 = AtomicU64::new(0x5EED);
@@ -124,6 +132,10 @@ impl Driver {
             failures: 0,
             fanout: Fanout::new(config.consumer_timeout, 0),
             sleep: None,
+            limiter: config.limiter,
+            refresh_jitter: config.refresh_jitter,
+            estimate_clock_skew: config.estimate_clock_skew,
+            skew_reported: false,
             shared,
         };
         match initial {
@@ -223,9 +235,12 @@ impl Driver {
         }
     }
 
-    /// Checks an offered token against the clock and the token held.
+    /// Checks an offered token against the clock (on the issuer's time when skew is estimated) and
+    /// the token held.
     fn check(&self, token: &AccessToken, now: SystemTime) -> Result<bool, UpdateError> {
-        token.validate_at(now).map_err(UpdateError::Invalid)?;
+        token
+            .validate_at(shift(now, self.shared.applied_offset()))
+            .map_err(UpdateError::Invalid)?;
         if let Some(current) = &self.current {
             let held = &current.token;
             if held == token {
@@ -280,16 +295,17 @@ impl Driver {
     /// Makes `token` current and schedules its timers and the next automatic fetch.
     fn install(&mut self, token: AccessToken, source: Source, now: SystemTime) {
         self.generation += 1;
-        let expires_at = token.expires_at();
+        // On the manager's clock: the issuer's `exp` less the issuer's lead.
+        let expires_at = shift(token.expires_at(), -self.shared.applied_offset());
         let will_expire_at = expires_at
             .checked_sub(self.refresh_ahead)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         self.shared.current.store(Some(Arc::new(token.clone())));
         if self.fetcher.is_some() {
-            let mut at = will_expire_at;
+            let mut at = will_expire_at + self.rng.up_to(self.refresh_jitter);
             if source == Source::Fetcher {
                 // Tokens shorter than the lead must not make the fetcher loop.
-                let half_life = token.remaining_at(now) / 2;
+                let half_life = expires_at.duration_since(now).unwrap_or_default() / 2;
                 at = at.max(now + half_life.max(MIN_FETCH_SPACING));
             }
             self.next_fetch_at = Some(at);
@@ -344,7 +360,7 @@ impl Driver {
                 Some(c) if now >= c.expires_at => FetchReason::Expired,
                 Some(_) => FetchReason::WillExpire,
             };
-            self.start_fetch(reason, now);
+            self.start_fetch(reason);
         }
     }
 
@@ -355,21 +371,22 @@ impl Driver {
         }
         let now = self.shared.clock.now();
         if let (Some(min), Some(c)) = (min_remaining, &self.current) {
-            if now < c.expires_at && c.token.remaining_at(now) >= min {
+            let left = c.expires_at.duration_since(now).unwrap_or_default();
+            if now < c.expires_at && left >= min {
                 let _ = reply.send(Ok(c.token.clone()));
                 return;
             }
         }
         if self.fetch.is_none() {
             self.failures = 0;
-            self.start_fetch(FetchReason::Manual, now);
+            self.start_fetch(FetchReason::Manual);
         }
         if let Some(fetch) = &mut self.fetch {
             fetch.waiters.push(reply);
         }
     }
 
-    fn start_fetch(&mut self, reason: FetchReason, now: SystemTime) {
+    fn start_fetch(&mut self, reason: FetchReason) {
         let Some(fetcher) = self.fetcher.clone() else {
             return;
         };
@@ -381,9 +398,16 @@ impl Driver {
             self.current.as_ref().map(|c| c.token.clone()),
         );
         let timeout = self.fetch_timeout;
-        let expired = self.shared.clock.sleep_until(now + timeout);
+        let limiter = self.limiter.clone();
+        let clock = self.shared.clock.clone();
         let span = tracing::info_span!("fetch", %reason, attempt);
         let future = async move {
+            // The timeout runs from when the shared limiter lets the fetch go.
+            let _slot = match &limiter {
+                Some(limiter) => Some(limiter.acquire().await),
+                None => None,
+            };
+            let expired = clock.sleep_until(clock.now() + timeout);
             let call = AssertUnwindSafe(fetcher.fetch_token(request)).catch_unwind();
             tokio::select! {
                 biased;
@@ -406,24 +430,10 @@ impl Driver {
             return;
         };
         let now = self.shared.clock.now();
-        let outcome = result
-            .map_err(|e| RefreshError::Fetch(Arc::new(e)))
-            .and_then(|jwt| {
-                let token = AccessToken::parse(&jwt).map_err(|e| {
-                    let e = UpdateError::Invalid(e);
-                    self.reject(&e);
-                    RefreshError::Rejected(e.token_error().unwrap_or(TokenError::SignatureMismatch))
-                })?;
-                match self.check(&token, now) {
-                    Err(e) => {
-                        self.reject(&e);
-                        Err(RefreshError::Rejected(
-                            e.token_error().unwrap_or(TokenError::SignatureMismatch),
-                        ))
-                    }
-                    Ok(changed) => Ok((token, changed)),
-                }
-            });
+        let outcome = match result {
+            Err(e) => Err(RefreshError::Fetch(Arc::new(e))),
+            Ok(jwt) => self.offer_fetched(jwt, now),
+        };
         match outcome {
             Ok((token, changed)) => {
                 self.failures = 0;
@@ -431,7 +441,9 @@ impl Driver {
                     self.install_and_publish(token.clone(), Source::Fetcher, now, None);
                 } else if self.next_fetch_at.is_none() {
                     // The backend handed back the token held: wait as for a new short one.
-                    let half_life = token.remaining_at(now) / 2;
+                    let half_life = self.current.as_ref().map_or(Duration::ZERO, |c| {
+                        c.expires_at.duration_since(now).unwrap_or_default() / 2
+                    });
                     let at = now + half_life.max(MIN_FETCH_SPACING);
                     self.next_fetch_at = Some(
                         self.current
@@ -450,6 +462,83 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Estimates the issuer's clock offset from a fetched token's `iat` (else `nbf`); applies it
+    /// when skew estimation is on; reports a large one once.
+    fn observe_issuer_clock(&mut self, token: &AccessToken, now: SystemTime) {
+        let Some(start) = token.start_secs() else {
+            return;
+        };
+        let offset = (start as i64).saturating_sub(unix_secs(now) as i64);
+        self.shared
+            .estimated_offset
+            .store(offset, Ordering::Release);
+        if self.estimate_clock_skew && offset.unsigned_abs() <= MAX_SKEW.as_secs() {
+            // Within a couple of seconds the clocks agree: keep exact local scheduling.
+            let applied = if offset.unsigned_abs() <= 2 {
+                0
+            } else {
+                offset
+            };
+            self.shared.applied_offset.store(applied, Ordering::Release);
+        }
+        // Issued in the future: the device is behind. Issued long ago and (nearly) expired on the
+        // device: it is ahead (or the backend hands out stale tokens; worth saying either way).
+        // Issued long ago with plenty left is a backend's cached token, not a wrong clock.
+        let threshold = SKEW_REPORT_THRESHOLD.as_secs() as i64;
+        let nearly_expired = token.remaining_at(now) < self.refresh_ahead;
+        let suspicious = offset > threshold || (offset < -threshold && nearly_expired);
+        if suspicious && !self.skew_reported {
+            self.skew_reported = true;
+            tracing::warn!(
+                offset_secs = offset,
+                applied = self.estimate_clock_skew,
+                "the device clock looks wrong: fetched tokens were issued {offset} s from it"
+            );
+            self.shared.emit(|| Event::ClockSkewSuspected {
+                offset_secs: offset,
+            });
+        }
+    }
+
+    /// With skew estimation on, a fetched token that expires before the one held is not taken.
+    fn is_stale(&self, token: &AccessToken) -> bool {
+        self.estimate_clock_skew
+            && self
+                .current
+                .as_ref()
+                .is_some_and(|c| token.exp_secs() < c.token.exp_secs())
+    }
+
+    /// Parses and checks a fetched token: `Ok((token, changed))`, the held token when the fetched
+    /// one is stale, or the rejection.
+    fn offer_fetched(
+        &mut self,
+        jwt: String,
+        now: SystemTime,
+    ) -> Result<(AccessToken, bool), RefreshError> {
+        let rejected = |driver: &Self, e: UpdateError| {
+            driver.reject(&e);
+            match e.token_error() {
+                Some(e) => RefreshError::Rejected(e),
+                None => RefreshError::Closed,
+            }
+        };
+        let token = match AccessToken::parse(&jwt) {
+            Ok(token) => token,
+            Err(e) => return Err(rejected(self, UpdateError::Invalid(e))),
+        };
+        self.observe_issuer_clock(&token, now);
+        if self.is_stale(&token) {
+            tracing::warn!("fetched token expires before the token held; keeping the held one");
+            if let Some(c) = &self.current {
+                return Ok((c.token.clone(), false));
+            }
+        }
+        self.check(&token, now)
+            .map(|changed| (token, changed))
+            .map_err(|e| rejected(self, e))
     }
 
     fn on_fetch_failed(&mut self, error: &RefreshError, now: SystemTime) {

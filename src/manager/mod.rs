@@ -9,9 +9,9 @@ use crate::backoff::Backoff;
 use crate::clock::{Clock, SystemClock};
 use crate::consumer::ConsumerId;
 use crate::event::Events;
-use crate::{AccessToken, TokenConsumer, TokenFetcher};
+use crate::{AccessToken, FetchLimiter, TokenConsumer, TokenFetcher};
 use error::{BuildError, RefreshError, UpdateError, UpdateReport};
-use shared::{lock, Command, Shared, Slot};
+use shared::{lock, shift, Command, Shared, Slot};
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -80,9 +80,23 @@ impl AccessManager {
         self.with_token(|t| t.map(AccessToken::expires_at))
     }
 
-    /// Whether the current token has expired on the manager's clock; `false` while there is none.
+    /// Whether the current token has expired on the manager's clock (shifted by the issuer's clock
+    /// offset when [`estimate_clock_skew`](AccessManagerBuilder::estimate_clock_skew) is on);
+    /// `false` while there is none.
     pub fn is_expired(&self) -> bool {
-        self.with_token(|t| t.is_some_and(|t| self.shared().clock.now() >= t.expires_at()))
+        self.with_token(|t| {
+            t.is_some_and(|t| {
+                let now = shift(self.shared().clock.now(), self.shared().applied_offset());
+                now >= t.expires_at()
+            })
+        })
+    }
+
+    /// The estimated offset of the token issuer's clock from the manager's clock, in seconds
+    /// (positive: the issuer is ahead), from the `iat` (else `nbf`) of the last fetched token that
+    /// had one. `None` before any.
+    pub fn clock_offset(&self) -> Option<i64> {
+        self.shared().clock_offset()
     }
 
     /// The manager's clock.
@@ -141,6 +155,7 @@ impl AccessManager {
         }
         if let Some(token) = self.token() {
             let now = self.shared().clock.now();
+            let now = shift(now, self.shared().applied_offset());
             if token.remaining_at(now) >= min_remaining && now < token.expires_at() {
                 return Ok(token);
             }
@@ -253,6 +268,9 @@ pub struct AccessManagerBuilder {
     pub(crate) backoff: Backoff,
     pub(crate) seed: Option<u64>,
     pub(crate) event_capacity: usize,
+    pub(crate) limiter: Option<FetchLimiter>,
+    pub(crate) refresh_jitter: Duration,
+    pub(crate) estimate_clock_skew: bool,
 }
 
 impl Default for AccessManagerBuilder {
@@ -267,6 +285,9 @@ impl Default for AccessManagerBuilder {
             backoff: Backoff::default(),
             seed: None,
             event_capacity: DEFAULT_EVENT_CAPACITY,
+            limiter: None,
+            refresh_jitter: Duration::ZERO,
+            estimate_clock_skew: false,
         }
     }
 }
@@ -334,6 +355,36 @@ impl AccessManagerBuilder {
         self
     }
 
+    /// Shares a cap on concurrent fetches with other managers (default: no cap).
+    pub fn fetch_limiter(mut self, limiter: &FetchLimiter) -> Self {
+        self.limiter = Some(limiter.clone());
+        self
+    }
+
+    /// Spreads automatic refreshes: each starts at a random point of `[exp - refresh_ahead,
+    /// exp - refresh_ahead + spread]` instead of at its start, so that many managers whose tokens
+    /// expire together do not fetch together (default: zero, no spread). `TokenWillExpire` still
+    /// fires at `exp - refresh_ahead`. Must be shorter than `refresh_ahead`.
+    pub fn refresh_jitter(mut self, spread: Duration) -> Self {
+        self.refresh_jitter = spread;
+        self
+    }
+
+    /// Schedules fetched tokens by the issuer's clock (default: off, so that "expired" means
+    /// `now >= exp` on the manager's clock).
+    ///
+    /// When on, each fetched token's `iat` (else `nbf`) at receipt estimates the offset between the
+    /// issuer's clock and the manager's (within ±24 h), and tokens are validated and their timers set
+    /// from that: a device clock hours off then neither rejects fresh tokens as expired nor refreshes
+    /// hours late. A fetched token that expires before the token held is not taken (a stale token
+    /// from the backend cannot pass for a fresh one). Either way, the estimate is exposed by
+    /// [`AccessManager::clock_offset`], and an offset over 5 minutes is reported once as
+    /// [`Event::ClockSkewSuspected`](crate::Event::ClockSkewSuspected).
+    pub fn estimate_clock_skew(mut self, on: bool) -> Self {
+        self.estimate_clock_skew = on;
+        self
+    }
+
     /// Starts the manager on the current tokio runtime.
     ///
     /// # Errors
@@ -347,6 +398,11 @@ impl AccessManagerBuilder {
         if self.consumer_timeout.is_zero() {
             return Err(BuildError::InvalidConfig(
                 "consumer_timeout must be non-zero",
+            ));
+        }
+        if !self.refresh_jitter.is_zero() && self.refresh_jitter >= self.refresh_ahead {
+            return Err(BuildError::InvalidConfig(
+                "refresh_jitter must be shorter than refresh_ahead",
             ));
         }
         if self.event_capacity == 0 {
@@ -386,6 +442,9 @@ impl fmt::Debug for AccessManagerBuilder {
             .field("consumer_timeout", &self.consumer_timeout)
             .field("backoff", &self.backoff)
             .field("event_capacity", &self.event_capacity)
+            .field("fetch_limiter", &self.limiter)
+            .field("refresh_jitter", &self.refresh_jitter)
+            .field("estimate_clock_skew", &self.estimate_clock_skew)
             .finish_non_exhaustive()
     }
 }

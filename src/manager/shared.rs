@@ -8,9 +8,9 @@ use crate::event::{Event, Events};
 use crate::{AccessToken, GrantKind, TokenConsumer, TokenError};
 use arc_swap::ArcSwapOption;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, oneshot, Notify};
 
 pub(crate) enum Command {
@@ -60,6 +60,20 @@ pub(crate) struct Shared {
     pub(crate) next_consumer_id: AtomicU64,
     pub(crate) closed: AtomicBool,
     pub(crate) closed_notify: Notify,
+    /// Issuer clock minus manager clock, seconds, as last estimated; `i64::MIN` for none.
+    pub(crate) estimated_offset: AtomicI64,
+    /// The offset timers and validation use (0 unless clock-skew estimation is on).
+    pub(crate) applied_offset: AtomicI64,
+}
+
+/// `t` moved by `secs` seconds (either way), saturating at the representable ends.
+pub(crate) fn shift(t: SystemTime, secs: i64) -> SystemTime {
+    let by = Duration::from_secs(secs.unsigned_abs());
+    if secs >= 0 {
+        t.checked_add(by).unwrap_or(t)
+    } else {
+        t.checked_sub(by).unwrap_or(UNIX_EPOCH)
+    }
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (no user code runs under
@@ -81,6 +95,8 @@ impl Shared {
             next_consumer_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             closed_notify: Notify::new(),
+            estimated_offset: AtomicI64::new(i64::MIN),
+            applied_offset: AtomicI64::new(0),
         }
     }
 
@@ -94,6 +110,17 @@ impl Shared {
         drop(mailbox);
         self.wake.notify_one();
         true
+    }
+
+    pub(crate) fn clock_offset(&self) -> Option<i64> {
+        match self.estimated_offset.load(Ordering::Acquire) {
+            i64::MIN => None,
+            secs => Some(secs),
+        }
+    }
+
+    pub(crate) fn applied_offset(&self) -> i64 {
+        self.applied_offset.load(Ordering::Acquire)
     }
 
     pub(crate) fn is_closed(&self) -> bool {
