@@ -142,6 +142,8 @@ impl FetchError {
     }
 
     /// Asks the manager to wait at least this long before the next attempt (e.g. `Retry-After`).
+    /// Waits over 24 h ([`MAX_LIFETIME`](crate::MAX_LIFETIME), the longest a token lives) are cut
+    /// to 24 h.
     pub fn with_retry_after(mut self, after: Duration) -> Self {
         self.retry_after = Some(after);
         self

@@ -8,7 +8,7 @@ use crate::backoff::{Backoff, SplitMix64};
 use crate::event::Event;
 use crate::fetcher::{FetchError, FetchReason, FetchRequest};
 use crate::token::unix_secs;
-use crate::{AccessToken, TokenError, TokenFetcher};
+use crate::{AccessToken, TokenError, TokenFetcher, MAX_LIFETIME};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use std::future::Future;
@@ -447,7 +447,9 @@ impl Driver {
             let wait = self
                 .backoff
                 .delay(self.failures, &mut self.rng)
-                .max(retry_after.unwrap_or(Duration::ZERO));
+                .max(retry_after.unwrap_or(Duration::ZERO))
+                // No token lives longer; and `now + Duration::MAX` would panic the driver.
+                .min(MAX_LIFETIME);
             let mut at = now + wait;
             if let Some(c) = &self.current {
                 if c.phase == Phase::Fresh {
