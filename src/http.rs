@@ -10,9 +10,13 @@
 //! | 2xx with a token in the body | the token, whitespace trimmed |
 //! | 2xx whose body is empty, not UTF-8, an HTML page, malformed JSON, without the JSON field, or over [`MAX_BODY_LEN`] | transient failure |
 //! | 401, 403, 404, and every other 4xx except those below | permanent failure: no automatic retry |
+//! | 3xx to another origin (scheme, host or port), or without `Location` | permanent failure |
 //! | 408, 425, 429, 5xx | transient failure, retried with backoff |
-//! | 1xx, or a 3xx left over (more than 10 redirects, or one without `Location`) | transient failure |
-//! | connection failure, timeout, broken response | transient failure |
+//! | connection failure, timeout, more than 10 redirects, broken response | transient failure |
+//!
+//! Redirects within the URL's origin are followed (a `POST` answered 301, 302 or 303 becomes a `GET`,
+//! as browsers do). Redirects to another origin are not: the configured headers may be credentials,
+//! and such a redirect is usually to a login page, so the app must act.
 //!
 //! A 2xx with a bad body is transient rather than permanent because it is usually a proxy's or a
 //! deployment's passing page; the manager's backoff keeps the retries gentle, and each failure is a
@@ -45,6 +49,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_JSON_FIELD: &str = "token";
 /// The longest `Retry-After` honoured: 1 hour. A server asking for more gets this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// How many same-origin redirects one request follows.
+const MAX_REDIRECTS: usize = 10;
 
 const USER_AGENT: &str = concat!("access-manager/", env!("CARGO_PKG_VERSION"));
 
@@ -217,17 +224,21 @@ impl HttpFetcher {
     }
 
     fn status_error(&self, status: StatusCode, headers: &HeaderMap) -> FetchError {
+        let detail = if status.is_redirection() {
+            "redirect to another origin not followed (a login page?)".into()
+        } else {
+            String::new()
+        };
         let error = HttpFetcherError {
             kind: HttpErrorKind::Status,
             target: Some(self.target.clone()),
             status: Some(status.as_u16()),
-            detail: String::new(),
+            detail,
             source: None,
         };
         let transient = matches!(status.as_u16(), 408 | 425 | 429)
             || status.is_server_error()
-            || status.is_informational()
-            || status.is_redirection();
+            || status.is_informational();
         if !transient {
             return FetchError::permanent(error);
         }
@@ -453,6 +464,20 @@ impl HttpFetcherBuilder {
         }
         let client = reqwest::Client::builder()
             .user_agent(USER_AGENT)
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let same_origin = attempt
+                    .previous()
+                    .first()
+                    .is_some_and(|first| origin(first) == origin(attempt.url()));
+                if !same_origin {
+                    // Headers set here may be credentials: they never go to another origin.
+                    attempt.stop()
+                } else if attempt.previous().len() > MAX_REDIRECTS {
+                    attempt.error("too many redirects")
+                } else {
+                    attempt.follow()
+                }
+            }))
             .build()
             .map_err(|e| HttpFetcherError {
                 source: Some(Box::new(e.without_url())),
@@ -634,6 +659,10 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         }
     };
     Some(after.min(MAX_RETRY_AFTER))
+}
+
+fn origin(url: &Url) -> (&str, Option<&str>, Option<u16>) {
+    (url.scheme(), url.host_str(), url.port_or_known_default())
 }
 
 /// The URL without credentials, query or fragment: safe to print.

@@ -574,6 +574,65 @@ async fn one_connection_serves_several_fetches() {
     assert_eq!(server.connections(), 1);
 }
 
+#[tokio::test]
+async fn a_same_origin_redirect_is_followed_with_the_headers() {
+    let server = Server::start(|_, r| match r.path.as_str() {
+        "/old" => Reply::Full {
+            status: 307,
+            headers: vec![("location", "/new".into())],
+            body: Vec::new(),
+        },
+        _ => reply(200, "text/plain", JWT),
+    })
+    .await;
+    let fetcher = HttpFetcher::builder(server.url("/old"))
+        .header("X-Api-Key", "key-1")
+        .build()
+        .unwrap();
+    assert_eq!(fetch(&fetcher).await.unwrap(), JWT);
+    let got = server.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].path, "/new");
+    assert_eq!(got[1].header("x-api-key"), Some("key-1"));
+}
+
+#[tokio::test]
+async fn a_redirect_to_another_origin_is_a_permanent_failure_and_sends_nothing_there() {
+    let elsewhere = Server::always(|| reply(200, "text/plain", JWT)).await;
+    let target = elsewhere.url("/login");
+    let server = Server::always(move || Reply::Full {
+        status: 302,
+        headers: vec![("location", target.clone())],
+        body: Vec::new(),
+    })
+    .await;
+    let fetcher = HttpFetcher::builder(server.url("/token"))
+        .header("X-Api-Key", "key-1")
+        .build()
+        .unwrap();
+    let err = failure(&fetcher).await;
+    assert!(err.is_permanent(), "{err}");
+    assert_eq!(http_error(&err).status(), Some(302));
+    assert!(err.to_string().contains("another origin"), "{err}");
+    assert!(elsewhere.received().is_empty());
+}
+
+#[tokio::test]
+async fn endless_same_origin_redirects_are_a_transient_failure() {
+    let server = Server::always(|| Reply::Full {
+        status: 302,
+        headers: vec![("location", "/again".into())],
+        body: Vec::new(),
+    })
+    .await;
+    let fetcher = HttpFetcher::new(server.url("/token")).unwrap();
+    let err = failure(&fetcher).await;
+    assert!(!err.is_permanent());
+    assert_eq!(http_error(&err).kind(), HttpErrorKind::Transport);
+    assert!(err.to_string().contains("too many redirects"), "{err}");
+    assert_eq!(server.received().len(), 11);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Secrets stay out of messages.
 
