@@ -71,7 +71,10 @@ impl Options {
             match flag.as_str() {
                 "--ttl" => options.ttl = value("--ttl")?,
                 "--lead" => options.lead = value("--lead")?,
-                "--cycles" => options.cycles = value("--cycles")? as u32,
+                "--cycles" => {
+                    options.cycles = u32::try_from(value("--cycles")?)
+                        .map_err(|_| "--cycles: too large".to_owned())?;
+                }
                 "-h" | "--help" => {
                     return Err(
                         "usage: demo [--ttl SECS (20)] [--lead SECS (8)] [--cycles N (3)]".into(),
@@ -346,6 +349,11 @@ async fn main() -> ExitCode {
     tokio::pin!(ctrl_c);
 
     let mut tally = Tally::default();
+    // The first fetch started at build(): had it finished before subscribe(), its TokenUpdated
+    // went to nobody. Take the token from the manager then (on_event skips it if the event follows).
+    if let Some(token) = manager.token() {
+        on_event(&timeline, &mut tally, Event::TokenUpdated { token });
+    }
     let mut interrupted = false;
     let mut timed_out = false;
     loop {
@@ -447,6 +455,9 @@ fn number_of(tally: &Tally, token: &AccessToken) -> usize {
 fn on_event(timeline: &Timeline, tally: &mut Tally, event: Event) {
     match event {
         Event::TokenUpdated { token } => {
+            if tally.tokens.last() == Some(&token) {
+                return;
+            }
             if tally.refresh_failures > 0 {
                 tally.recovered = true;
             }
