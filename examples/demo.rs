@@ -84,15 +84,16 @@ impl Options {
             }
         }
         // The outage costs 0.5 s + 1 s of backoff plus round trips; the lead must cover it.
-        if options.lead < 3 || options.ttl < options.lead + 2 || options.cycles == 0 {
-            return Err("need --lead >= 3, --ttl >= lead + 2 and --cycles >= 1".into());
+        // Success means every client got two refreshed tokens: two cycles at least.
+        if options.lead < 3 || options.ttl < options.lead + 2 || options.cycles < 2 {
+            return Err("need --lead >= 3, --ttl >= lead + 2 and --cycles >= 2".into());
         }
         Ok(options)
     }
 
     /// The refresh whose requests meet the outage.
     fn outage_refresh(&self) -> u32 {
-        self.cycles.min(2)
+        2
     }
 }
 
