@@ -20,8 +20,10 @@ pub enum Event {
         /// The new token.
         token: AccessToken,
     },
-    /// The current token entered its refresh-ahead window (`exp - refresh_ahead`); with a fetcher,
-    /// fetching starts.
+    /// The current token entered its refresh-ahead window (`exp - refresh_ahead`). With a fetcher,
+    /// fetching starts then (spread by `refresh_jitter` if set), except for fetched tokens that
+    /// live less than twice the lead: their next fetch waits half their remaining life (at least
+    /// 1 s), so a backend handing out short tokens is not called in a loop.
     TokenWillExpire {
         /// The token about to expire.
         token: AccessToken,

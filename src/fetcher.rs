@@ -142,6 +142,8 @@ impl FetchError {
     }
 
     /// Asks the manager to wait at least this long before the next attempt (e.g. `Retry-After`).
+    /// Waits over 24 h ([`MAX_LIFETIME`](crate::MAX_LIFETIME), the longest a token lives) are cut
+    /// to 24 h.
     pub fn with_retry_after(mut self, after: Duration) -> Self {
         self.retry_after = Some(after);
         self
@@ -170,12 +172,11 @@ impl fmt::Debug for FetchError {
 
 impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = if self.permanent {
-            "permanent"
-        } else {
-            "transient"
-        };
-        write!(f, "{kind} fetch failure: {}", self.source)
+        fmt::Display::fmt(&self.source, f)?;
+        if self.permanent {
+            f.write_str(" (permanent: no automatic retry)")?;
+        }
+        Ok(())
     }
 }
 

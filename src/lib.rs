@@ -20,6 +20,8 @@ mod backoff;
 mod consumer;
 mod event;
 mod fetcher;
+#[cfg(feature = "http")]
+pub mod http;
 mod limiter;
 mod manager;
 

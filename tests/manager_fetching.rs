@@ -533,3 +533,33 @@ async fn jitter_is_exact_for_a_given_seed() {
         "jitter does not spread retries: {spread:?}"
     );
 }
+
+#[test]
+fn build_with_events_never_misses_the_initial_fetchs_token_updated() {
+    // On a multi-thread runtime a fast fetcher can answer before a `subscribe()` made after
+    // `build()`; a subscription made by `build_with_events` is in place before the driver starts.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for _ in 0..100 {
+            let clock = clock();
+            let jwt = mint("alice", T0, 3600);
+            let fetcher = {
+                let jwt = jwt.clone();
+                access_manager::fetcher_fn(move |_| std::future::ready(Ok(jwt.clone())))
+            };
+            let (manager, mut events) = AccessManager::builder()
+                .clock(clock)
+                .fetcher(fetcher)
+                .build_with_events()
+                .unwrap();
+            match events.recv().await {
+                Some(Event::TokenUpdated { token }) => assert_eq!(token.as_str(), jwt),
+                other => panic!("expected TokenUpdated first, got {other:?}"),
+            }
+            manager.shutdown().await;
+        }
+    });
+}

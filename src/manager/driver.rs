@@ -2,13 +2,13 @@
 
 use super::error::{RefreshError, UpdateError, UpdateReport};
 use super::fanout::{panic_message, Delivered, Fanout, ReportReply};
-use super::shared::{lock, shift, Command, Shared};
+use super::shared::{after, lock, shift, Command, Shared};
 use super::AccessManagerBuilder;
 use crate::backoff::{Backoff, SplitMix64};
 use crate::event::Event;
 use crate::fetcher::{FetchError, FetchReason, FetchRequest};
 use crate::token::unix_secs;
-use crate::{AccessToken, FetchLimiter, TokenFetcher};
+use crate::{AccessToken, FetchLimiter, TokenFetcher, MAX_LIFETIME};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use std::future::Future;
@@ -302,11 +302,11 @@ impl Driver {
             .unwrap_or(SystemTime::UNIX_EPOCH);
         self.shared.current.store(Some(Arc::new(token.clone())));
         if self.fetcher.is_some() {
-            let mut at = will_expire_at + self.rng.up_to(self.refresh_jitter);
+            let mut at = after(will_expire_at, self.rng.up_to(self.refresh_jitter));
             if source == Source::Fetcher {
                 // Tokens shorter than the lead must not make the fetcher loop.
                 let half_life = expires_at.duration_since(now).unwrap_or_default() / 2;
-                at = at.max(now + half_life.max(MIN_FETCH_SPACING));
+                at = at.max(after(now, half_life.max(MIN_FETCH_SPACING)));
             }
             self.next_fetch_at = Some(at);
         }
@@ -407,7 +407,7 @@ impl Driver {
                 Some(limiter) => Some(limiter.acquire().await),
                 None => None,
             };
-            let expired = clock.sleep_until(clock.now() + timeout);
+            let expired = clock.sleep_until(after(clock.now(), timeout));
             let call = AssertUnwindSafe(fetcher.fetch_token(request)).catch_unwind();
             tokio::select! {
                 biased;
@@ -444,7 +444,7 @@ impl Driver {
                     let half_life = self.current.as_ref().map_or(Duration::ZERO, |c| {
                         c.expires_at.duration_since(now).unwrap_or_default() / 2
                     });
-                    let at = now + half_life.max(MIN_FETCH_SPACING);
+                    let at = after(now, half_life.max(MIN_FETCH_SPACING));
                     self.next_fetch_at = Some(
                         self.current
                             .as_ref()
@@ -553,8 +553,10 @@ impl Driver {
             let wait = self
                 .backoff
                 .delay(self.failures, &mut self.rng)
-                .max(retry_after.unwrap_or(Duration::ZERO));
-            let mut at = now + wait;
+                .max(retry_after.unwrap_or(Duration::ZERO))
+                // No token lives longer; and `now + Duration::MAX` would panic the driver.
+                .min(MAX_LIFETIME);
+            let mut at = after(now, wait);
             if let Some(c) = &self.current {
                 if c.phase == Phase::Fresh {
                     // The token is still good: no need to retry before its refresh window.

@@ -1,7 +1,7 @@
 //! Per-consumer delivery: each consumer gets tokens one at a time, newest wins, failures isolated.
 
 use super::error::{UpdateError, UpdateReport};
-use super::shared::{lock, Shared, Slot};
+use super::shared::{after, lock, Shared, Slot};
 use crate::consumer::{ConsumerError, ConsumerId};
 use crate::event::Event;
 use crate::{AccessToken, TokenConsumer};
@@ -191,7 +191,7 @@ impl Fanout {
             Start::Call(id, consumer, name) => {
                 let token = token.clone();
                 let timeout = self.timeout;
-                let deadline = shared.clock.now() + timeout;
+                let deadline = after(shared.clock.now(), timeout);
                 let sleep = shared.clock.sleep_until(deadline);
                 let span = tracing::debug_span!("deliver", consumer = %name, generation);
                 self.deliveries.push(

@@ -391,6 +391,20 @@ impl AccessManagerBuilder {
     /// `NoRuntime` outside a tokio runtime; `InvalidInitialToken` when the initial token is invalid
     /// or expired at the clock's now; `InvalidConfig` for a zero timeout or event capacity.
     pub fn build(self) -> Result<AccessManager, BuildError> {
+        self.start(false).map(|(manager, _)| manager)
+    }
+
+    /// [`build`](Self::build), with a subscription made before the manager starts, so that not
+    /// even its first event (the initial fetch's `TokenUpdated`) can be missed.
+    ///
+    /// # Errors
+    /// As [`build`](Self::build).
+    pub fn build_with_events(self) -> Result<(AccessManager, Events), BuildError> {
+        self.start(true)
+            .map(|(manager, events)| (manager, events.unwrap_or_else(Events::closed)))
+    }
+
+    fn start(self, subscribe: bool) -> Result<(AccessManager, Option<Events>), BuildError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         if self.fetch_timeout.is_zero() {
             return Err(BuildError::InvalidConfig("fetch_timeout must be non-zero"));
@@ -420,11 +434,13 @@ impl AccessManagerBuilder {
             }
         };
         let shared = Arc::new(Shared::new(clock, self.event_capacity));
+        let events = subscribe.then(|| shared.subscribe());
         let driver = driver::Driver::new(self, shared.clone(), initial);
         runtime.spawn(driver.run());
-        Ok(AccessManager {
+        let manager = AccessManager {
             handle: Arc::new(Handle { shared }),
-        })
+        };
+        Ok((manager, events))
     }
 }
 

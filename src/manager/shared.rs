@@ -66,6 +66,12 @@ pub(crate) struct Shared {
     pub(crate) applied_offset: AtomicI64,
 }
 
+/// `t + d`, saturating far in the future instead of overflowing (a huge timeout never fires).
+pub(crate) fn after(t: SystemTime, d: Duration) -> SystemTime {
+    t.checked_add(d)
+        .unwrap_or_else(|| UNIX_EPOCH + Duration::from_secs(i64::MAX as u64 / 2))
+}
+
 /// `t` moved by `secs` seconds (either way), saturating at the representable ends.
 pub(crate) fn shift(t: SystemTime, secs: i64) -> SystemTime {
     let by = Duration::from_secs(secs.unsigned_abs());

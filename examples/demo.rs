@@ -1,0 +1,552 @@
+//! The whole token path on one machine, in real time.
+//!
+//! ```sh
+//! cargo run --features http --example demo                    # about 40 s
+//! cargo run --features http --example demo -- --ttl 6 --lead 3 --cycles 2   # about 8 s
+//! ```
+//!
+//! - A token server on loopback plays the app's backend: it mints real Twilio access tokens for
+//!   "alice" with chat, sync, voice and video grants, for requests carrying the session cookie.
+//! - An `AccessManager` fetches from it with an `HttpFetcher`, `--lead` seconds before expiry.
+//! - Four SDK-like clients (chat, sync, voice, video) take each token only after checking its
+//!   signature with the server's secret and their own grant, as Twilio's services do.
+//! - At refresh 2 the server answers 503 twice: the manager keeps the still-valid token, retries
+//!   with backoff (0.5 s, then 1 s) and recovers before expiry.
+//!
+//! It prints a timeline and a summary, and exits 0 when every client got at least two refreshed
+//! tokens and the outage was survived (no token ever expired), 1 otherwise, 130 on Ctrl-C.
+
+use access_manager::clock::{Clock, SystemClock};
+use access_manager::grants::{ChatGrant, SyncGrant, VideoGrant, VoiceGrant};
+use access_manager::http::HttpFetcher;
+use access_manager::{
+    AccessManager, AccessToken, Backoff, ConsumerError, Event, GrantKind, TokenConsumer,
+};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+const ACCOUNT_SID: &str = "AC00000000000000000000000000000001";
+const API_KEY_SID: &str = "SK00000000000000000000000000000001";
+/// The API key secret: known to the token server and to the services (here, the SDK clients'
+/// checks), never to the manager.
+const API_SECRET: &[u8] = b"demo-api-secret-keep-it-on-the-server";
+const IDENTITY: &str = "alice";
+const SESSION_COOKIE: &str = "session=demo-session-7f3a";
+/// How many consecutive requests the outage refuses.
+const OUTAGE_REQUESTS: u32 = 2;
+
+// ---------------------------------------------------------------------------------------------
+// Options.
+
+struct Options {
+    ttl: u64,
+    lead: u64,
+    cycles: u32,
+}
+
+impl Options {
+    fn parse() -> Result<Options, String> {
+        let mut options = Options {
+            ttl: 20,
+            lead: 8,
+            cycles: 3,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(flag) = args.next() {
+            let mut value = |name: &str| -> Result<u64, String> {
+                let v = args.next().ok_or(format!("{name} needs a value"))?;
+                v.parse()
+                    .map_err(|_| format!("{name}: not a whole number: {v}"))
+            };
+            match flag.as_str() {
+                "--ttl" => options.ttl = value("--ttl")?,
+                "--lead" => options.lead = value("--lead")?,
+                "--cycles" => {
+                    options.cycles = u32::try_from(value("--cycles")?)
+                        .map_err(|_| "--cycles: too large".to_owned())?;
+                }
+                "-h" | "--help" => {
+                    return Err(
+                        "usage: demo [--ttl SECS (20)] [--lead SECS (8)] [--cycles N (3)]".into(),
+                    )
+                }
+                other => return Err(format!("unknown argument {other} (try --help)")),
+            }
+        }
+        // The outage costs 0.5 s + 1 s of backoff plus round trips; the lead must cover it.
+        // Success means every client got two refreshed tokens: two cycles at least.
+        if options.lead < 3 || options.ttl < options.lead + 2 || options.cycles < 2 {
+            return Err("need --lead >= 3, --ttl >= lead + 2 and --cycles >= 2".into());
+        }
+        Ok(options)
+    }
+
+    /// The refresh whose requests meet the outage.
+    fn outage_refresh(&self) -> u32 {
+        2
+    }
+}
+
+/// Seconds since `start` on the demo's clock, for the timeline.
+#[derive(Clone, Copy)]
+struct Timeline {
+    start: SystemTime,
+}
+
+impl Timeline {
+    fn line(&self, who: &str, what: impl std::fmt::Display) {
+        let at = SystemClock
+            .now()
+            .duration_since(self.start)
+            .unwrap_or_default();
+        println!("{:>7.2} s  {who:<7}  {what}", at.as_secs_f64());
+    }
+}
+
+fn secs_left(token: &AccessToken) -> f64 {
+    token.remaining_at(SystemClock.now()).as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The token server: the app's backend.
+
+struct TokenServer {
+    ttl: Duration,
+    requests: AtomicU32,
+    /// Requests numbered in this range answer 503.
+    outage: std::ops::RangeInclusive<u32>,
+    refused: AtomicU32,
+    timeline: Timeline,
+}
+
+impl TokenServer {
+    fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let n = self.requests.fetch_add(1, Ordering::SeqCst) + 1;
+        let head = format!("{} {} #{n}", request.method(), request.uri().path());
+        let cookie = request
+            .headers()
+            .get("cookie")
+            .and_then(|v| v.to_str().ok());
+        if cookie != Some(SESSION_COOKIE) {
+            self.timeline
+                .line("server", format!("{head} → 401 (no session)"));
+            return respond(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "log in first".into(),
+            );
+        }
+        if self.outage.contains(&n) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            self.timeline
+                .line("server", format!("{head} → 503 (injected outage)"));
+            return respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "down".into());
+        }
+        let jwt = AccessToken::builder(ACCOUNT_SID, API_KEY_SID, API_SECRET)
+            .identity(IDENTITY)
+            .issued_at(SystemClock.now())
+            .ttl(self.ttl)
+            .grant(ChatGrant::default())
+            .grant(SyncGrant::default())
+            .grant(VoiceGrant {
+                incoming_allow: true,
+                ..Default::default()
+            })
+            .grant(VideoGrant::default())
+            .to_jwt()
+            .expect("the demo's SIDs and ttl are valid");
+        self.timeline.line(
+            "server",
+            format!("{head} → 200, new token valid {} s", self.ttl.as_secs()),
+        );
+        let body = serde_json::json!({ "identity": IDENTITY, "token": jwt }).to_string();
+        respond(StatusCode::OK, "application/json", body)
+    }
+}
+
+fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        "content-type",
+        content_type.parse().expect("a valid content type"),
+    );
+    response
+}
+
+async fn serve(listener: TcpListener, server: Arc<TokenServer>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let response = server.answer(&request);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The SDK clients.
+
+/// An SDK client as Twilio's services see tokens: it verifies the signature and its own grant, and
+/// refuses the token otherwise.
+struct SdkClient {
+    name: &'static str,
+    grant: GrantKind,
+    accepted: mpsc::UnboundedSender<(&'static str, AccessToken)>,
+}
+
+#[async_trait::async_trait]
+impl TokenConsumer for SdkClient {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn required_grant(&self) -> Option<GrantKind> {
+        Some(self.grant)
+    }
+
+    async fn update_token(&self, token: &AccessToken) -> Result<(), ConsumerError> {
+        let verified = AccessToken::verify(token.as_str(), API_SECRET, SystemClock.now())
+            .map_err(ConsumerError::new)?;
+        if !verified.has_grant(self.grant) {
+            return Err(ConsumerError::new(format!(
+                "token lacks the {} grant",
+                self.grant
+            )));
+        }
+        let _ = self.accepted.send((self.name, verified));
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run.
+
+#[derive(Default)]
+struct Tally {
+    /// Tokens in the order they became current; index + 1 is the token number.
+    tokens: Vec<AccessToken>,
+    /// Per token number, the clients that accepted it.
+    accepted: BTreeMap<usize, Vec<&'static str>>,
+    /// Per client, accepted tokens.
+    deliveries: BTreeMap<&'static str, u32>,
+    /// Per client, accepted refreshed tokens (number 2 and later).
+    refreshed: BTreeMap<&'static str, u32>,
+    refresh_failures: u32,
+    consumer_failures: u32,
+    expired: u32,
+    /// A token arrived after a failed refresh.
+    recovered: bool,
+}
+
+const CLIENTS: [(&str, GrantKind); 4] = [
+    ("chat", GrantKind::Chat),
+    ("sync", GrantKind::Sync),
+    ("voice", GrantKind::Voice),
+    ("video", GrantKind::Video),
+];
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let options = match Options::parse() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let clock = SystemClock;
+    let timeline = Timeline { start: clock.now() };
+
+    // The backend.
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let url = format!(
+        "http://{}/token",
+        listener.local_addr().expect("local address")
+    );
+    let outage_first = options.outage_refresh() + 1;
+    let server = Arc::new(TokenServer {
+        ttl: Duration::from_secs(options.ttl),
+        requests: AtomicU32::new(0),
+        outage: outage_first..=outage_first + OUTAGE_REQUESTS - 1,
+        refused: AtomicU32::new(0),
+        timeline,
+    });
+    let server_task = tokio::spawn(serve(listener, server.clone()));
+
+    // The manager, fetching over HTTP.
+    let fetcher = HttpFetcher::builder(&url)
+        .header("Cookie", SESSION_COOKIE)
+        .json_body(&serde_json::json!({ "identity": IDENTITY }))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("a valid fetcher");
+    let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(4)).without_jitter();
+    let manager = AccessManager::builder()
+        .fetcher(fetcher)
+        .clock(clock)
+        .refresh_ahead(Duration::from_secs(options.lead))
+        .backoff(backoff)
+        .fetch_timeout(Duration::from_secs(10))
+        .build()
+        .expect("a tokio runtime");
+    let mut events = manager.subscribe();
+
+    // The SDK clients. The manager holds them weakly: `clients` keeps them alive.
+    let (accepted_tx, mut accepted) = mpsc::unbounded_channel();
+    let clients: Vec<Arc<SdkClient>> = CLIENTS
+        .iter()
+        .map(|&(name, grant)| {
+            Arc::new(SdkClient {
+                name,
+                grant,
+                accepted: accepted_tx.clone(),
+            })
+        })
+        .collect();
+    for client in &clients {
+        manager.register(client);
+    }
+    drop(accepted_tx);
+
+    let cycle = options.ttl - options.lead;
+    println!("access-manager demo: one identity, four SDK clients, a token server on loopback");
+    println!("  token server  POST {url} (cookie session; mints {IDENTITY:?}: chat, sync, voice, video; ttl {} s)", options.ttl);
+    println!("  manager       HttpFetcher; refresh {} s before expiry; retry after 0.5 s, doubling to 4 s", options.lead);
+    println!(
+        "  outage        the server answers 503 to the {OUTAGE_REQUESTS} requests of refresh {}",
+        options.outage_refresh()
+    );
+    println!(
+        "  finish        after {} refreshes (about {} s); Ctrl-C stops early",
+        options.cycles,
+        u64::from(options.cycles) * cycle + 2
+    );
+    println!();
+    println!("{:>9}  {:<7}  what", "time", "who");
+
+    // A bound on the whole run, should the manager stall.
+    let limit = Duration::from_secs((u64::from(options.cycles) + 2) * options.ttl + 10);
+    let watchdog = clock.sleep_until(clock.now() + limit);
+    tokio::pin!(watchdog);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+
+    let mut tally = Tally::default();
+    // The first fetch started at build(): had it finished before subscribe(), its TokenUpdated
+    // went to nobody. Take the token from the manager then (on_event skips it if the event follows).
+    if let Some(token) = manager.token() {
+        on_event(&timeline, &mut tally, Event::TokenUpdated { token });
+    }
+    let mut interrupted = false;
+    let mut timed_out = false;
+    loop {
+        tokio::select! {
+            // Events first: a client's acceptance always follows its token's TokenUpdated.
+            biased;
+            event = events.recv() => match event {
+                Some(event) => on_event(&timeline, &mut tally, event),
+                None => break,
+            },
+            Some((name, token)) = accepted.recv() => {
+                if on_accepted(&timeline, &mut tally, name, token, options.cycles) {
+                    break;
+                }
+            }
+            _ = &mut ctrl_c => {
+                interrupted = true;
+                timeline.line("demo", "Ctrl-C: shutting down");
+                break;
+            }
+            _ = &mut watchdog => {
+                timed_out = true;
+                timeline.line("demo", format!("not done after {} s: giving up", limit.as_secs()));
+                break;
+            }
+        }
+    }
+    manager.shutdown().await;
+    server_task.abort();
+    timeline.line("manager", "shut down");
+
+    let elapsed = clock
+        .now()
+        .duration_since(timeline.start)
+        .unwrap_or_default();
+    let requests = server.requests.load(Ordering::SeqCst);
+    let refused = server.refused.load(Ordering::SeqCst);
+    let survived = refused == OUTAGE_REQUESTS && tally.recovered && tally.expired == 0;
+    let enough = CLIENTS
+        .iter()
+        .all(|(name, _)| tally.refreshed.get(name).copied().unwrap_or(0) >= 2);
+    let refreshes = tally.tokens.len().saturating_sub(1);
+
+    println!();
+    println!("summary after {:.1} s", elapsed.as_secs_f64());
+    println!(
+        "  tokens            {} (1 initial + {refreshes} refreshes)",
+        tally.tokens.len()
+    );
+    println!("  server requests   {requests} ({refused} answered 503)");
+    let outage = match (survived, refused) {
+        (true, _) => "survived",
+        (false, 0) => "not reached",
+        (false, _) => "NOT survived",
+    };
+    println!(
+        "  refresh failures  {} (token kept, expired {} times): outage {outage}",
+        tally.refresh_failures, tally.expired
+    );
+    println!("  consumer failures {}", tally.consumer_failures);
+    println!();
+    println!("  {:<8} {:>10} {:>10}", "client", "delivered", "refreshed");
+    for (name, _) in CLIENTS {
+        println!(
+            "  {:<8} {:>10} {:>10}",
+            name,
+            tally.deliveries.get(name).copied().unwrap_or(0),
+            tally.refreshed.get(name).copied().unwrap_or(0)
+        );
+    }
+    drop(clients);
+
+    if interrupted {
+        return ExitCode::from(130);
+    }
+    if timed_out || !survived || !enough {
+        println!();
+        println!(
+            "FAILED: every client needs >= 2 refreshed tokens, and the outage must be survived"
+        );
+        return ExitCode::FAILURE;
+    }
+    println!();
+    println!(
+        "ok: every client got {} refreshed tokens; the outage cost no expiry",
+        options.cycles
+    );
+    ExitCode::SUCCESS
+}
+
+fn number_of(tally: &Tally, token: &AccessToken) -> usize {
+    tally
+        .tokens
+        .iter()
+        .rposition(|t| t == token)
+        .map_or(0, |i| i + 1)
+}
+
+fn on_event(timeline: &Timeline, tally: &mut Tally, event: Event) {
+    match event {
+        Event::TokenUpdated { token } => {
+            if tally.tokens.last() == Some(&token) {
+                return;
+            }
+            if tally.refresh_failures > 0 {
+                tally.recovered = true;
+            }
+            tally.tokens.push(token.clone());
+            timeline.line(
+                "manager",
+                format!(
+                    "TokenUpdated     #{}  {}  {:.1} s left",
+                    tally.tokens.len(),
+                    token.identity().unwrap_or("?"),
+                    secs_left(&token)
+                ),
+            );
+        }
+        Event::TokenWillExpire { token } => timeline.line(
+            "manager",
+            format!(
+                "TokenWillExpire  #{}  {:.1} s left → fetching",
+                number_of(tally, &token),
+                secs_left(&token)
+            ),
+        ),
+        Event::TokenExpired { token } => {
+            tally.expired += 1;
+            timeline.line(
+                "manager",
+                format!("TokenExpired     #{}", number_of(tally, &token)),
+            );
+        }
+        Event::RefreshFailed {
+            attempt,
+            error,
+            retry_at,
+        } => {
+            tally.refresh_failures += 1;
+            let retry = retry_at.map_or("no automatic retry".to_owned(), |at| {
+                let wait = at.duration_since(SystemClock.now()).unwrap_or_default();
+                format!("retry in {:.1} s", wait.as_secs_f64())
+            });
+            let held = tally.tokens.last().map_or("no token held".to_owned(), |t| {
+                format!(
+                    "keeping #{} ({:.1} s left)",
+                    tally.tokens.len(),
+                    secs_left(t)
+                )
+            });
+            timeline.line(
+                "manager",
+                format!("RefreshFailed    attempt {attempt}, {retry}, {held}"),
+            );
+            timeline.line("", format!("  {error}"));
+        }
+        Event::TokenRejected { error } => {
+            timeline.line("manager", format!("TokenRejected    {error}"));
+        }
+        Event::ConsumerFailed { consumer, error } => {
+            tally.consumer_failures += 1;
+            timeline.line("manager", format!("ConsumerFailed   {consumer}: {error}"));
+        }
+        Event::Closed => {}
+        other => timeline.line("manager", format!("{other:?}")),
+    }
+}
+
+/// Records a client's acceptance; `true` once the last refresh has reached every client.
+fn on_accepted(
+    timeline: &Timeline,
+    tally: &mut Tally,
+    name: &'static str,
+    token: AccessToken,
+    cycles: u32,
+) -> bool {
+    let number = number_of(tally, &token);
+    *tally.deliveries.entry(name).or_default() += 1;
+    if number >= 2 {
+        *tally.refreshed.entry(name).or_default() += 1;
+    }
+    let names = tally.accepted.entry(number).or_default();
+    names.push(name);
+    if names.len() < CLIENTS.len() {
+        return false;
+    }
+    timeline.line(
+        "sdk",
+        format!(
+            "#{number} accepted by {}  (signature and grant checked)",
+            names.join(", ")
+        ),
+    );
+    number > cycles as usize
+}

@@ -1,0 +1,106 @@
+//! Runs the built `demo` example with short flags (about 8 s of real time): it must survive its
+//! outage, get every client two refreshed tokens, and exit 0.
+//!
+//! The test builds the example itself (with cargo, a no-op after `cargo test --all-features`,
+//! which builds examples), so a lone `cargo test --all-features --test demo_smoke` never runs a
+//! stale binary.
+#![cfg(feature = "http")]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Builds the demo (a no-op when up to date) and returns
+/// `target/<profile>/examples/demo`, next to this test's `target/<profile>/deps/demo_smoke-<hash>`.
+fn demo_binary() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "--quiet", "--all-features", "--example", "demo"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    // Cargo sets these for the test itself; build scripts (ring's) watch some of them, and seeing
+    // them would make this build redo, and undo, the outer one.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+            ]
+            .contains(&name.as_ref())
+        {
+            build.env_remove(name.as_ref());
+        }
+    }
+    if !cfg!(debug_assertions) {
+        build.arg("--release");
+    }
+    let built = build.output().expect("cargo runs");
+    assert!(
+        built.status.success(),
+        "cargo build --example demo failed:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps/<test>");
+    profile_dir
+        .join("examples")
+        .join(format!("demo{}", std::env::consts::EXE_SUFFIX))
+}
+
+#[test]
+fn demo_survives_its_outage_and_feeds_every_client() {
+    let binary = demo_binary();
+    assert!(binary.exists(), "{} is missing", binary.display());
+    let output = Command::new(&binary)
+        .args(["--ttl", "6", "--lead", "3", "--cycles", "2"])
+        .output()
+        .expect("the demo starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    for expected in [
+        "→ 503 (injected outage)",
+        "RefreshFailed    attempt 1, retry in",
+        "RefreshFailed    attempt 2, retry in",
+        "#3 accepted by chat, sync, voice, video",
+        "outage survived",
+        "ok: every client got 2 refreshed tokens",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("TokenExpired"), "{stdout}");
+    assert!(!stdout.contains("ConsumerFailed"), "{stdout}");
+    // The server's secret and the tokens themselves are never printed.
+    assert!(!stdout.contains("demo-api-secret"), "{stdout}");
+    assert!(!stdout.contains("eyJ"), "{stdout}");
+}
+
+#[test]
+fn demo_refuses_bad_flags() {
+    let binary = demo_binary();
+    if !binary.exists() {
+        return; // reported by the test above
+    }
+    for args in [
+        &["--lead", "1"][..],
+        &["--cycles", "1"],
+        &["--ttl", "x"],
+        &["--bogus"],
+    ] {
+        let output = Command::new(&binary)
+            .args(args)
+            .output()
+            .expect("the demo starts");
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+    }
+}
