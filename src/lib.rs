@@ -1,4 +1,4 @@
-//! Token lifecycle for realtime apps.
+#![doc = include_str!("../README.md")]
 #![warn(
     missing_docs,
     missing_debug_implementations,
