@@ -356,3 +356,34 @@ async fn sixteen_tasks_pushing_at_once_never_lose_the_valid_token() {
     assert_eq!(settled.last().map(String::as_str), Some(current.as_str()));
     assert!(!manager.is_closed());
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_consumer_panicking_in_drop_at_shutdown_does_not_keep_other_consumers_alive() {
+    for doomed_first in [true, false] {
+        let clock = clock();
+        let manager = AccessManager::builder()
+            .clock(clock.clone())
+            .initial_token(mint("alice", T0, 3_600))
+            .build()
+            .unwrap();
+        let (doomed, doomed_trace) = Detached::with("doomed", true, true);
+        let (fine, fine_trace) = Detached::with("fine", true, false);
+        if doomed_first {
+            manager.register(&doomed);
+            manager.register(&fine);
+        } else {
+            manager.register(&fine);
+            manager.register(&doomed);
+        }
+        doomed_trace.wait_calls(1).await;
+        fine_trace.wait_calls(1).await;
+        // Both deliveries in flight hold the last Arcs.
+        drop((doomed, fine));
+        manager.shutdown().await;
+        assert!(doomed_trace.dropped());
+        assert!(
+            fine_trace.dropped(),
+            "the well-behaved consumer outlived the manager (doomed registered first: {doomed_first})"
+        );
+    }
+}
