@@ -90,6 +90,17 @@ fn plan(slot: &mut Slot, token: &AccessToken) -> Option<Option<Start>> {
     Some(Some(Start::Call(slot.id, consumer, slot.name.clone())))
 }
 
+impl Drop for Fanout {
+    /// Drops the unfinished deliveries one by one, each under `catch_unwind`: dropping one runs
+    /// user code (the consumer's `Drop`, when ours is its last `Arc`), and a panic escaping the
+    /// set's own drop would leak the deliveries after it, and the consumers they hold.
+    fn drop(&mut self) {
+        for delivery in std::mem::take(&mut self.deliveries) {
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(delivery)));
+        }
+    }
+}
+
 impl Fanout {
     pub(super) fn new(timeout: Duration, generation: u64) -> Self {
         Fanout {

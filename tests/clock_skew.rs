@@ -1,0 +1,205 @@
+//! A device clock hours off the token issuer's: with `estimate_clock_skew(true)` the manager
+//! schedules by the issuer's clock (one fetch per token life, no premature expiry); without it, it
+//! does not loop (failures back off) and says `ClockSkewSuspected` once. Both for tokens with `iat`
+//! (twilio-node, this crate's builder) and tokens with only `nbf` (twilio-python style).
+
+mod common;
+mod token_support;
+
+use access_manager::clock::{Clock, ManualClock};
+use access_manager::{fetcher_fn, AccessManager, Backoff, Event};
+use common::{at, drain, mint, T0};
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::UNIX_EPOCH;
+
+const TWO_HOURS: i64 = 7_200;
+/// A token lives 3600 s; the manager refreshes 180 s before its end.
+const LIFE: u64 = 3_600 - 180;
+
+#[derive(Clone, Copy, Debug)]
+enum Style {
+    /// `iat` = the issuer's now, no `nbf`.
+    Node,
+    /// No `iat`; `nbf` = the issuer's now.
+    Python,
+}
+
+fn issue(style: Style, issuer_now: u64) -> String {
+    match style {
+        Style::Node => mint("alice", issuer_now, 3_600),
+        Style::Python => token_support::sign(
+            &token_support::good_header(),
+            &json!({
+                "jti": format!("{}-{issuer_now}", common::KEY),
+                "grants": {"identity": "alice", "chat": {}, "video": {}},
+                "nbf": issuer_now,
+                "exp": issuer_now + 3_600,
+                "iss": common::KEY,
+                "sub": common::ACCOUNT,
+            }),
+        ),
+    }
+}
+
+struct Outcome {
+    /// When each fetch was made: device seconds since the start.
+    fetches: Vec<u64>,
+    events: Vec<Event>,
+    manager: AccessManager,
+}
+
+impl Outcome {
+    fn count(&self, pred: impl Fn(&Event) -> bool) -> usize {
+        self.events.iter().filter(|e| pred(e)).count()
+    }
+    fn skew_reports(&self) -> Vec<i64> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ClockSkewSuspected { offset_secs } => Some(*offset_secs),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Runs a manager whose device clock is `device_ahead` seconds ahead of the issuer's (negative:
+/// behind) for `secs` device seconds, stepping from timer to timer; the fetcher answers at once.
+async fn run(device_ahead: i64, estimate: bool, style: Style, secs: u64) -> Outcome {
+    let clock = ManualClock::new(at(T0));
+    let fetches = Arc::new(Mutex::new(Vec::new()));
+    let (fetch_clock, log) = (clock.clone(), fetches.clone());
+    let fetcher = fetcher_fn(move |_request| {
+        let device = fetch_clock
+            .now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        log.lock().unwrap().push(device - T0);
+        let issuer_now = device.checked_add_signed(-device_ahead).unwrap();
+        std::future::ready(Ok(issue(style, issuer_now)))
+    });
+    let (manager, mut events) = AccessManager::builder()
+        .clock(clock.clone())
+        .fetcher(fetcher)
+        .estimate_clock_skew(estimate)
+        .backoff(Backoff::default().without_jitter())
+        .event_capacity(4_096)
+        .build_with_events()
+        .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        seen.extend(drain(&mut events).await);
+        match clock.next_deadline() {
+            Some(next) if next <= at(T0 + secs) => clock.set(next),
+            _ => break,
+        }
+    }
+    let fetches = fetches.lock().unwrap().clone();
+    Outcome {
+        fetches,
+        events: seen,
+        manager,
+    }
+}
+
+/// Five token lives: one fetch at the start of each, at exactly `exp - refresh_ahead` on the
+/// issuer's clock; no failure, no expiry; the offset estimated; the skew said once.
+async fn absorbed(device_ahead: i64, style: Style) {
+    let o = run(device_ahead, true, style, 5 * LIFE - 1).await;
+    assert_eq!(
+        o.fetches,
+        [0, LIFE, 2 * LIFE, 3 * LIFE, 4 * LIFE],
+        "{style:?}, device {device_ahead} s ahead"
+    );
+    assert_eq!(
+        o.count(|e| matches!(e, Event::TokenUpdated { .. })),
+        5,
+        "{style:?}"
+    );
+    assert_eq!(o.count(|e| matches!(e, Event::TokenWillExpire { .. })), 4);
+    assert_eq!(
+        o.count(|e| matches!(
+            e,
+            Event::TokenExpired { .. } | Event::RefreshFailed { .. } | Event::TokenRejected { .. }
+        )),
+        0,
+        "{style:?}: {:?}",
+        o.events
+    );
+    assert_eq!(o.manager.clock_offset(), Some(-device_ahead));
+    assert_eq!(o.skew_reports(), [-device_ahead]);
+    assert!(!o.manager.is_expired());
+    assert!(o.manager.fresh_token(common::secs(60)).await.is_ok());
+}
+
+/// Every fetched token is rejected: the fetches back off to one a minute, for as long as it
+/// lasts, with the skew said once.
+async fn rejected_without_loop(device_ahead: i64, style: Style) {
+    let hour = 3_600;
+    let o = run(device_ahead, false, style, hour).await;
+    let f = &o.fetches;
+    assert!(
+        f.len() >= 50 && f.len() <= 7 + hour as usize / 60,
+        "{style:?}: {} fetches in an hour",
+        f.len()
+    );
+    // 1, 2, 4, .. 32 s, then the 60 s cap.
+    assert_eq!(f[..8], [0, 1, 3, 7, 15, 31, 63, 123], "{style:?}");
+    assert!(f.windows(2).skip(7).all(|w| w[1] - w[0] >= 60), "{f:?}");
+    assert_eq!(o.count(|e| matches!(e, Event::TokenUpdated { .. })), 0);
+    assert_eq!(
+        o.count(|e| matches!(e, Event::TokenRejected { .. })),
+        f.len()
+    );
+    assert_eq!(o.skew_reports(), [-device_ahead], "{style:?}");
+    assert!(o.manager.token().is_none());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn with_estimation_a_device_2h_ahead_fetches_once_per_token_life() {
+    absorbed(TWO_HOURS, Style::Node).await;
+    absorbed(TWO_HOURS, Style::Python).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn with_estimation_a_device_2h_behind_fetches_once_per_token_life() {
+    absorbed(-TWO_HOURS, Style::Node).await;
+    absorbed(-TWO_HOURS, Style::Python).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn without_estimation_a_device_2h_ahead_rejects_tokens_as_expired_without_looping() {
+    rejected_without_loop(TWO_HOURS, Style::Node).await;
+    rejected_without_loop(TWO_HOURS, Style::Python).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn without_estimation_python_tokens_on_a_device_2h_behind_are_not_yet_valid_without_looping()
+{
+    rejected_without_loop(-TWO_HOURS, Style::Python).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn without_estimation_node_tokens_on_a_device_2h_behind_are_taken_and_refreshed_by_the_device_clock(
+) {
+    // The token's `exp` lies 3 h ahead on the device: it is refreshed once per 3 h minus the lead
+    // of device time (2 h after it really expired), never in a loop.
+    let device_life = 3 * 3_600 - 180;
+    let o = run(-TWO_HOURS, false, Style::Node, 5 * device_life - 1).await;
+    assert_eq!(
+        o.fetches,
+        [
+            0,
+            device_life,
+            2 * device_life,
+            3 * device_life,
+            4 * device_life
+        ]
+    );
+    assert_eq!(o.count(|e| matches!(e, Event::TokenExpired { .. })), 0);
+    assert_eq!(o.count(|e| matches!(e, Event::RefreshFailed { .. })), 0);
+    assert_eq!(o.manager.clock_offset(), Some(TWO_HOURS));
+    assert_eq!(o.skew_reports(), [TWO_HOURS]);
+}
