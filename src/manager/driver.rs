@@ -1,7 +1,7 @@
 //! The manager's background task: the only place the token, the timers and the fetch change.
 
 use super::error::{RefreshError, UpdateError, UpdateReport};
-use super::fanout::{panic_message, Delivered, Fanout, ReportReply};
+use super::fanout::{panic_message, Fanout, ReportReply};
 use super::shared::{after, lock, shift, Command, Shared};
 use super::AccessManagerBuilder;
 use crate::backoff::{Backoff, SplitMix64};
@@ -10,12 +10,13 @@ use crate::fetcher::{FetchError, FetchReason, FetchRequest};
 use crate::token::unix_secs;
 use crate::{AccessToken, FetchLimiter, TokenFetcher, MAX_LIFETIME};
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
 
@@ -77,29 +78,34 @@ pub(super) struct Driver {
     refresh_jitter: Duration,
     estimate_clock_skew: bool,
     skew_reported: bool,
+    stopped: bool,
 }
 
 static SEED_COUNTER: AtomicU64 = AtomicU64::new(0x5EED);
 
-/// Ends the manager however the driver stops (returning, or a bug's panic).
-struct CloseOnDrop(Arc<Shared>);
-impl Drop for CloseOnDrop {
-    fn drop(&mut self) {
-        self.0.close();
+/// The driver is its own future (no async-fn state machine around it): a manager's task costs
+/// little more than the driver's fields.
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Registered before reading the mailbox: a command queued after this wakes the task.
+        self.shared.driver_waker.register(cx.waker());
+        let this = &mut *self;
+        match this.step(cx) {
+            Poll::Ready(()) => {
+                this.stop();
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
-enum Wake {
-    Mail,
-    Fetched(Result<String, FetchError>),
-    Delivered(Delivered),
-    Timer,
-}
-
-async fn maybe<F: Future + Unpin>(f: Option<&mut F>) -> F::Output {
-    match f {
-        Some(f) => f.await,
-        None => std::future::pending().await,
+/// However the task ends (shutdown, the runtime dropping it, a bug's panic), the manager closes.
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -136,6 +142,7 @@ impl Driver {
             refresh_jitter: config.refresh_jitter,
             estimate_clock_skew: config.estimate_clock_skew,
             skew_reported: false,
+            stopped: false,
             shared,
         };
         match initial {
@@ -148,14 +155,25 @@ impl Driver {
         driver
     }
 
-    pub(super) async fn run(self) {
-        // Closed only after `serve` has dropped the driver (fetcher, in-flight fetch and
-        // deliveries), so that `shutdown()` returns once all of it is gone.
-        let _close = CloseOnDrop(self.shared.clone());
-        self.serve().await;
+    /// Stops: drops the fetcher, the fetch in flight, the deliveries and the timers (their callers
+    /// answer `Closed`), then marks the manager closed, so that `shutdown()` returns once all of
+    /// it is gone.
+    fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        self.fetch = None;
+        self.fetcher = None;
+        self.fanout.abandon();
+        self.sleep = None;
+        self.current = None;
+        self.shared.close();
     }
 
-    async fn serve(mut self) {
+    /// One pass: timers, commands, then whatever finished; `true` when something happened that
+    /// may have made more work ready.
+    fn step(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             // Timers first, so that commands see the state as of now.
             self.on_time(self.shared.clock.now());
@@ -165,34 +183,36 @@ impl Driver {
             };
             for command in commands {
                 if let Command::Shutdown = command {
-                    return;
+                    return Poll::Ready(());
                 }
                 self.on_command(command);
             }
             if handles_gone {
-                return;
+                return Poll::Ready(());
             }
-            let now = self.shared.clock.now();
-            self.on_time(now);
+            self.on_time(self.shared.clock.now());
 
+            if let Some(fetch) = &mut self.fetch {
+                if let Poll::Ready(result) = fetch.future.as_mut().poll(cx) {
+                    self.on_fetched(result);
+                    continue;
+                }
+            }
+            if let Poll::Ready(Some(done)) = self.fanout.poll_delivered(cx) {
+                self.fanout.finish(&self.shared, done);
+                continue;
+            }
             let deadline = self.next_deadline();
             if self.sleep.as_ref().map(|(d, _)| *d) != deadline {
                 self.sleep = deadline.map(|d| (d, self.shared.clock.sleep_until(d)));
             }
-            let shared = self.shared.clone();
-            let wake = tokio::select! {
-                biased;
-                _ = shared.wake.notified() => Wake::Mail,
-                result = maybe(self.fetch.as_mut().map(|f| &mut f.future)) => Wake::Fetched(result),
-                Some(done) = self.fanout.deliveries.next(), if !self.fanout.deliveries.is_empty() => Wake::Delivered(done),
-                _ = maybe(self.sleep.as_mut().map(|(_, s)| s)) => Wake::Timer,
-            };
-            match wake {
-                Wake::Mail => {}
-                Wake::Fetched(result) => self.on_fetched(result),
-                Wake::Delivered(done) => self.fanout.finish(&self.shared, done),
-                Wake::Timer => self.sleep = None,
+            if let Some((_, sleep)) = &mut self.sleep {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    self.sleep = None;
+                    continue;
+                }
             }
+            return Poll::Pending;
         }
     }
 
@@ -579,5 +599,15 @@ impl Driver {
             error,
             retry_at,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A manager's task is the driver itself: its size is most of an idle manager's memory.
+    #[test]
+    fn the_driver_task_stays_small() {
+        let size = std::mem::size_of::<super::Driver>();
+        assert!(size <= 512, "the driver grew to {size} bytes");
     }
 }

@@ -7,9 +7,10 @@ use crate::event::Event;
 use crate::{AccessToken, TokenConsumer};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -34,7 +35,9 @@ struct Tracker {
 }
 
 pub(super) struct Fanout {
-    pub(super) deliveries: FuturesUnordered<BoxFuture<'static, Delivered>>,
+    /// Deliveries in flight; made when the first starts and dropped when the last ends, so an idle
+    /// manager holds none.
+    deliveries: Option<FuturesUnordered<BoxFuture<'static, Delivered>>>,
     trackers: Vec<Tracker>,
     timeout: Duration,
     /// The generation of the current token.
@@ -91,23 +94,48 @@ fn plan(slot: &mut Slot, token: &AccessToken) -> Option<Option<Start>> {
 }
 
 impl Drop for Fanout {
-    /// Drops the unfinished deliveries one by one, each under `catch_unwind`: dropping one runs
-    /// user code (the consumer's `Drop`, when ours is its last `Arc`), and a panic escaping the
-    /// set's own drop would leak the deliveries after it, and the consumers they hold.
     fn drop(&mut self) {
-        for delivery in std::mem::take(&mut self.deliveries) {
-            let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(delivery)));
-        }
+        self.abandon();
     }
 }
 
 impl Fanout {
     pub(super) fn new(timeout: Duration, generation: u64) -> Self {
         Fanout {
-            deliveries: FuturesUnordered::new(),
+            deliveries: None,
             trackers: Vec::new(),
             timeout,
             generation,
+        }
+    }
+
+    /// Drops the unfinished deliveries one by one, each under `catch_unwind` (dropping one runs user
+    /// code: the consumer's `Drop`, when ours is its last `Arc`; a panic escaping the set's own drop
+    /// would leak the deliveries after it), and the waiting reports (their callers answer `Closed`).
+    pub(super) fn abandon(&mut self) {
+        for delivery in self.deliveries.take().into_iter().flatten() {
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(delivery)));
+        }
+        self.trackers.clear();
+    }
+
+    /// A finished delivery, if any.
+    pub(super) fn poll_delivered(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivered>> {
+        let Some(deliveries) = &mut self.deliveries else {
+            return Poll::Ready(None);
+        };
+        match deliveries.poll_next_unpin(cx) {
+            Poll::Ready(Some(done)) => {
+                if deliveries.is_empty() {
+                    self.deliveries = None;
+                }
+                Poll::Ready(Some(done))
+            }
+            Poll::Ready(None) => {
+                self.deliveries = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -205,42 +233,45 @@ impl Fanout {
                 let deadline = after(shared.clock.now(), timeout);
                 let sleep = shared.clock.sleep_until(deadline);
                 let span = tracing::debug_span!("deliver", consumer = %name, generation);
-                self.deliveries.push(
-                    async move {
-                        let call = AssertUnwindSafe(consumer.update_token(&token)).catch_unwind();
-                        let outcome = tokio::select! {
-                            biased;
-                            result = call => match result {
-                                Ok(result) => result,
-                                Err(panic) => Err(failure(format!(
-                                    "consumer panicked: {}",
+                self.deliveries
+                    .get_or_insert_with(FuturesUnordered::new)
+                    .push(
+                        async move {
+                            let call =
+                                AssertUnwindSafe(consumer.update_token(&token)).catch_unwind();
+                            let outcome = tokio::select! {
+                                biased;
+                                result = call => match result {
+                                    Ok(result) => result,
+                                    Err(panic) => Err(failure(format!(
+                                        "consumer panicked: {}",
+                                        panic_message(&*panic)
+                                    ))),
+                                },
+                                _ = sleep => Err(failure(format!(
+                                    "consumer did not answer within {} s",
+                                    timeout.as_secs_f64()
+                                ))),
+                            };
+                            // Dropped here, on the driver: a consumer that panics in `drop` is caught too.
+                            let dropped =
+                                std::panic::catch_unwind(AssertUnwindSafe(move || drop(consumer)));
+                            let outcome = match (outcome, dropped) {
+                                (Ok(()), Err(panic)) => Err(failure(format!(
+                                    "consumer panicked when dropped: {}",
                                     panic_message(&*panic)
                                 ))),
-                            },
-                            _ = sleep => Err(failure(format!(
-                                "consumer did not answer within {} s",
-                                timeout.as_secs_f64()
-                            ))),
-                        };
-                        // Dropped here, on the driver: a consumer that panics in `drop` is caught too.
-                        let dropped =
-                            std::panic::catch_unwind(AssertUnwindSafe(move || drop(consumer)));
-                        let outcome = match (outcome, dropped) {
-                            (Ok(()), Err(panic)) => Err(failure(format!(
-                                "consumer panicked when dropped: {}",
-                                panic_message(&*panic)
-                            ))),
-                            (outcome, _) => outcome,
-                        };
-                        Delivered {
-                            id,
-                            name,
-                            generation,
-                            outcome,
+                                (outcome, _) => outcome,
+                            };
+                            Delivered {
+                                id,
+                                name,
+                                generation,
+                                outcome,
+                            }
                         }
-                    }
-                    .instrument_boxed(span),
-                );
+                        .instrument_boxed(span),
+                    );
             }
         }
     }

@@ -45,7 +45,7 @@ struct Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         lock(&self.shared.mailbox).handles_gone = true;
-        self.shared.wake.notify_one();
+        self.shared.driver_waker.wake();
     }
 }
 
@@ -188,7 +188,12 @@ impl AccessManager {
         let name: Arc<str> = consumer.name().into();
         let required = consumer.required_grant();
         let weak = Arc::downgrade(consumer);
-        lock(&self.shared().consumers).push(Slot {
+        let mut consumers = lock(&self.shared().consumers);
+        // Most apps register a handful: grow one slot at a time at first, then by doubling.
+        if consumers.len() < 4 {
+            consumers.reserve_exact(1);
+        }
+        consumers.push(Slot {
             id,
             consumer: weak,
             name,
@@ -196,6 +201,7 @@ impl AccessManager {
             busy: false,
             wants_current: false,
         });
+        drop(consumers);
         self.shared().send(Command::Registered(id));
         id
     }
@@ -436,7 +442,7 @@ impl AccessManagerBuilder {
         let shared = Arc::new(Shared::new(clock, self.event_capacity));
         let events = subscribe.then(|| shared.subscribe());
         let driver = driver::Driver::new(self, shared.clone(), initial);
-        runtime.spawn(driver.run());
+        runtime.spawn(driver);
         let manager = AccessManager {
             handle: Arc::new(Handle { shared }),
         };

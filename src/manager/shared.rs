@@ -7,6 +7,7 @@ use crate::consumer::ConsumerId;
 use crate::event::{Event, Events};
 use crate::{AccessToken, GrantKind, TokenConsumer, TokenError};
 use arc_swap::ArcSwapOption;
+use futures_util::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -53,7 +54,7 @@ pub(crate) struct Shared {
     pub(crate) current: ArcSwapOption<AccessToken>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) mailbox: Mutex<Mailbox>,
-    pub(crate) wake: Notify,
+    pub(crate) driver_waker: AtomicWaker,
     pub(crate) events: OnceLock<broadcast::Sender<Event>>,
     pub(crate) event_capacity: usize,
     pub(crate) consumers: Mutex<Vec<Slot>>,
@@ -94,7 +95,7 @@ impl Shared {
             current: ArcSwapOption::empty(),
             clock,
             mailbox: Mutex::new(Mailbox::default()),
-            wake: Notify::new(),
+            driver_waker: AtomicWaker::new(),
             events: OnceLock::new(),
             event_capacity,
             consumers: Mutex::new(Vec::new()),
@@ -114,7 +115,7 @@ impl Shared {
         }
         mailbox.queue.push_back(command);
         drop(mailbox);
-        self.wake.notify_one();
+        self.driver_waker.wake();
         true
     }
 
