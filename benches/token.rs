@@ -8,7 +8,7 @@ use access_manager::grants::{
     ChatGrant, PlaybackGrant, SyncGrant, TaskRouterGrant, VideoGrant, VoiceGrant,
 };
 use access_manager::{AccessToken, AccessTokenBuilder, Grants};
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -70,6 +70,25 @@ fn parse(c: &mut Criterion) {
     let mut group = c.benchmark_group("parse");
     group.bench_function("AccessToken::parse", |b| {
         b.iter(|| AccessToken::parse(black_box(&jwt)).unwrap())
+    });
+    // An owned token keeps its buffer: no copy of the text (a reshaped buffer is shrunk in place).
+    group.bench_function("AccessToken::try_from(String)", |b| {
+        b.iter_batched(
+            || jwt.clone(),
+            |s| AccessToken::try_from(s).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("AccessToken::try_from(String with spare capacity)", |b| {
+        b.iter_batched(
+            || {
+                let mut s = String::with_capacity(jwt.len() + 256);
+                s.push_str(&jwt);
+                s
+            },
+            |s| AccessToken::try_from(s).unwrap(),
+            BatchSize::SmallInput,
+        )
     });
     group.bench_function("jsonwebtoken::insecure_decode", |b| {
         b.iter(|| jsonwebtoken::dangerous::insecure_decode::<Claims>(black_box(&jwt)).unwrap())

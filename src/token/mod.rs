@@ -153,17 +153,26 @@ pub(crate) fn from_unix_secs(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs.min(MAX_UNIX_SECS))
 }
 
-impl AccessToken {
-    /// Reads a token without checking its signature or the time.
-    ///
-    /// Surrounding ASCII whitespace (a newline from a file or an HTTP body) is trimmed.
-    ///
-    /// # Errors
-    /// The first broken rule of the token format, in its order: malformed (20101), header (20102),
-    /// signature shape (20107), issuer/subject (20103), expiry claim (20104), `nbf`/`iat` (20101),
-    /// grants (20106). Never panics, whatever the input.
-    pub fn parse(jwt: &str) -> Result<AccessToken, TokenError> {
-        let jwt = jwt.trim_matches(|c: char| c.is_ascii_whitespace());
+/// Surrounding ASCII whitespace (a newline from a file or an HTTP body) is not part of a token.
+fn trim(jwt: &str) -> &str {
+    jwt.trim_matches(|c: char| c.is_ascii_whitespace())
+}
+
+/// Everything [`Inner`] holds but the token text, read from the (trimmed) text.
+struct Claims {
+    sig_dot: usize,
+    account_sid: Box<str>,
+    api_key_sid: Box<str>,
+    region: Option<Box<str>>,
+    exp: u64,
+    nbf: Option<u64>,
+    iat: Option<u64>,
+    grants: Grants,
+}
+
+impl Claims {
+    /// Runs the token format's checks, in order, on trimmed text.
+    fn read(jwt: &str) -> Result<Claims, TokenError> {
         if jwt.len() > MAX_TOKEN_LEN {
             return Err(TokenError::malformed(format!(
                 "{} bytes is over the {MAX_TOKEN_LEN}-byte limit",
@@ -278,19 +287,60 @@ impl AccessToken {
                 reason: grants_reason(&e),
             })?;
 
-        Ok(AccessToken {
-            inner: Arc::new(Inner {
-                sig_dot: jwt.len() - sig_b64.len() - 1,
-                jwt: jwt.into(),
-                account_sid: account_sid.into(),
-                api_key_sid: api_key_sid.into(),
-                region: region.map(Into::into),
-                exp,
-                nbf,
-                iat,
-                grants,
-            }),
+        Ok(Claims {
+            sig_dot: jwt.len() - sig_b64.len() - 1,
+            account_sid: account_sid.into(),
+            api_key_sid: api_key_sid.into(),
+            region: region.map(Into::into),
+            exp,
+            nbf,
+            iat,
+            grants,
         })
+    }
+
+    /// The token, holding `jwt` (the text these claims were read from).
+    fn into_token(self, jwt: Box<str>) -> AccessToken {
+        AccessToken {
+            inner: Arc::new(Inner {
+                jwt,
+                sig_dot: self.sig_dot,
+                account_sid: self.account_sid,
+                api_key_sid: self.api_key_sid,
+                region: self.region,
+                exp: self.exp,
+                nbf: self.nbf,
+                iat: self.iat,
+                grants: self.grants,
+            }),
+        }
+    }
+}
+
+impl AccessToken {
+    /// Reads a token without checking its signature or the time.
+    ///
+    /// Surrounding ASCII whitespace (a newline from a file or an HTTP body) is trimmed.
+    ///
+    /// # Errors
+    /// The first broken rule of the token format, in its order: malformed (20101), header (20102),
+    /// signature shape (20107), issuer/subject (20103), expiry claim (20104), `nbf`/`iat` (20101),
+    /// grants (20106). Never panics, whatever the input.
+    pub fn parse(jwt: &str) -> Result<AccessToken, TokenError> {
+        let jwt = trim(jwt);
+        Ok(Claims::read(jwt)?.into_token(jwt.into()))
+    }
+
+    /// [`parse`](Self::parse) for a token the caller owns: the text is kept in the caller's
+    /// buffer (trimmed in place) rather than copied.
+    pub(crate) fn parse_owned(mut jwt: String) -> Result<AccessToken, TokenError> {
+        let trimmed = trim(&jwt);
+        let claims = Claims::read(trimmed)?;
+        let start = trimmed.as_ptr() as usize - jwt.as_ptr() as usize;
+        let end = start + trimmed.len();
+        jwt.truncate(end);
+        jwt.drain(..start);
+        Ok(claims.into_token(jwt.into_boxed_str()))
     }
 
     /// Parses, checks the HS256 signature with `secret` (in constant time), then
@@ -450,6 +500,14 @@ impl FromStr for AccessToken {
     type Err = TokenError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         AccessToken::parse(s)
+    }
+}
+
+/// [`AccessToken::parse`], keeping the string's buffer as the token text instead of copying it.
+impl TryFrom<String> for AccessToken {
+    type Error = TokenError;
+    fn try_from(jwt: String) -> Result<Self, Self::Error> {
+        AccessToken::parse_owned(jwt)
     }
 }
 
