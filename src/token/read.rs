@@ -5,10 +5,8 @@
 //! are borrowed from the decoded JSON, and the grants are checked without being built (see
 //! [`super::shape`]) in the same pass over the payload as the other claims.
 
-use super::shape;
+use super::{base64url, shape};
 use super::{TokenError, CONTENT_TYPE, MAX_TOKEN_LEN, SIGNATURE_LEN};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -119,20 +117,17 @@ fn decode_segments<'b>(
     payload: &str,
     buf: &'b mut Vec<u8>,
 ) -> Result<(&'b [u8], &'b [u8]), TokenError> {
-    let header_len = base64::decoded_len_estimate(header.len());
-    let needed = header_len + base64::decoded_len_estimate(payload.len());
+    let header_len = base64url::buffer_len(header.len());
+    let needed = header_len + base64url::buffer_len(payload.len());
     if buf.len() < needed {
         buf.resize(needed, 0);
     }
     let (header_buf, payload_buf) = buf.split_at_mut(header_len);
     let not_base64 =
         |what: &str| TokenError::malformed(format!("the {what} is not unpadded base64url"));
-    let h = URL_SAFE_NO_PAD
-        .decode_slice(header, header_buf)
-        .map_err(|_| not_base64("header"))?;
-    let p = URL_SAFE_NO_PAD
-        .decode_slice(payload, payload_buf)
-        .map_err(|_| not_base64("payload"))?;
+    let h = base64url::decode(header.as_bytes(), header_buf).ok_or_else(|| not_base64("header"))?;
+    let p =
+        base64url::decode(payload.as_bytes(), payload_buf).ok_or_else(|| not_base64("payload"))?;
     Ok((&header_buf[..h], &payload_buf[..p]))
 }
 
@@ -145,6 +140,10 @@ fn json_object_text<'a>(bytes: &'a [u8], what: &str) -> Result<&'a str, TokenErr
         return Err(not_object(what));
     }
     Ok(text)
+}
+
+fn not_three_segments() -> TokenError {
+    TokenError::malformed("a JWT has three '.'-separated segments")
 }
 
 fn not_object(what: &str) -> TokenError {
@@ -196,14 +195,16 @@ pub(super) fn read(jwt: &str) -> Result<Parsed, TokenError> {
             jwt.len()
         )));
     }
-    let mut parts = jwt.split('.');
-    let (Some(header_b64), Some(payload_b64), Some(sig_b64), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(TokenError::malformed(
-            "a JWT has three '.'-separated segments",
-        ));
+    // Only the short header and signature are searched for dots: a dot left in the long payload
+    // fails its decoding, which then reports the segments.
+    let (Some(first), Some(last)) = (jwt.find('.'), jwt.rfind('.')) else {
+        return Err(not_three_segments());
     };
+    if first == last {
+        return Err(not_three_segments());
+    }
+    let (header_b64, payload_b64, sig_b64) =
+        (&jwt[..first], &jwt[first + 1..last], &jwt[last + 1..]);
     SCRATCH
         .try_with(|scratch| match scratch.try_borrow_mut() {
             Ok(mut buf) => {
@@ -226,7 +227,14 @@ fn read_segments(
     sig_b64: &str,
     buf: &mut Vec<u8>,
 ) -> Result<Parsed, TokenError> {
-    let (header_bytes, payload_bytes) = decode_segments(header_b64, payload_b64, buf)?;
+    let (header_bytes, payload_bytes) =
+        decode_segments(header_b64, payload_b64, buf).map_err(|e| {
+            if payload_b64.contains('.') {
+                not_three_segments()
+            } else {
+                e
+            }
+        })?;
     let header: RawHeader<'_> = serde_json::from_str(json_object_text(header_bytes, "header")?)
         .map_err(|_| not_object("header"))?;
     let payload = json_object_text(payload_bytes, "payload")?;
@@ -278,15 +286,15 @@ fn read_segments(
     };
 
     // Rule 3: the signature's shape.
-    let mut sig = [0u8; SIGNATURE_LEN + 3];
-    match URL_SAFE_NO_PAD.decode_slice(sig_b64, &mut sig) {
-        Ok(SIGNATURE_LEN) => {}
-        Ok(n) => {
+    let mut sig = [0u8; 64];
+    match base64url::decode(sig_b64.as_bytes(), &mut sig) {
+        Some(SIGNATURE_LEN) => {}
+        Some(n) => {
             return Err(TokenError::MalformedSignature {
                 reason: format!("{n} bytes, HS256 signatures are {SIGNATURE_LEN}"),
             })
         }
-        Err(_) => {
+        None => {
             return Err(TokenError::MalformedSignature {
                 reason: "not 32 bytes of unpadded base64url".into(),
             })
@@ -407,6 +415,8 @@ fn strip_position(msg: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
 
     #[test]
     fn json_seconds_accepts_non_negative_numbers_only() {
@@ -444,5 +454,29 @@ mod tests {
         let jwt = format!("{header}.{payload}.x");
         assert!(read(&jwt).is_err());
         SCRATCH.with(|s| assert!(s.borrow().capacity() <= SCRATCH_KEEP));
+    }
+
+    #[test]
+    fn extra_dots_are_reported_as_segments_before_any_decoding_error() {
+        let segments = "a JWT has three '.'-separated segments";
+        for jwt in [
+            "a.b.c.d",
+            "!.b.c.d",
+            "a.b!.c.d",
+            "...",
+            "a.b.c..",
+            "e30.e30.x.x.x",
+        ] {
+            let err = read(jwt).err().unwrap();
+            assert!(err.to_string().contains(segments), "{jwt}: {err}");
+        }
+        for jwt in ["", "abc", "a.b"] {
+            assert!(
+                read(jwt).err().unwrap().to_string().contains(segments),
+                "{jwt}"
+            );
+        }
+        let err = read("!.b.c").err().unwrap();
+        assert!(err.to_string().contains("header is not unpadded"), "{err}");
     }
 }
