@@ -1,0 +1,516 @@
+//! Reading a token's text: the token format's checks, in their order, stopping at the first that fails.
+//!
+//! The reading allocates only what the token keeps (one string holding the account SID, the API key
+//! SID, the region and the identity): segments are decoded into a buffer each thread reuses, claims
+//! are borrowed from the decoded JSON, and the grants are checked without being built (see
+//! [`super::shape`]) in the same pass over the payload as the other claims.
+
+use super::mint::HEADER_B64;
+use super::{base64url, shape};
+use super::{TokenError, CONTENT_TYPE, MAX_TOKEN_LEN, SIGNATURE_LEN};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::cell::RefCell;
+
+/// A thread's decoding buffer is kept up to this size (a token holding all six grants needs
+/// about 1.2 KiB); a larger one, for an unusually large token, is freed after use.
+const SCRATCH_KEEP: usize = 4 * 1024;
+
+thread_local! {
+    /// The decoded header and payload, reused: no allocation and no zeroing per token.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+// Offsets into the token and its strings are kept as u16.
+const _: () = assert!(MAX_TOKEN_LEN <= u16::MAX as usize);
+
+/// What a token keeps of its text, besides the text itself.
+pub(super) struct Parsed {
+    /// Byte offsets in the (trimmed) text of the `.` before the payload and the `.` before the signature.
+    pub(super) payload_dot: u16,
+    pub(super) sig_dot: u16,
+    /// The account SID, the API key SID, the region and the identity, one after the other.
+    pub(super) strings: Box<str>,
+    /// Where the account SID, the API key SID and the region end in `strings`.
+    pub(super) ends: [u16; 3],
+    pub(super) exp: u64,
+    pub(super) nbf: Option<u64>,
+    pub(super) iat: Option<u64>,
+    pub(super) has_region: bool,
+    pub(super) has_identity: bool,
+    /// One bit per kind of grant present ([`shape::bit`]).
+    pub(super) kinds: u8,
+}
+
+// Every field goes through `present`: a plain `Option` would read `"nbf": null` as an absent
+// claim, but the format's rules treat a present `null` as a claim of the wrong type.
+#[derive(Deserialize)]
+struct RawHeader<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    alg: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    typ: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    cty: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    twr: Option<&'a RawValue>,
+}
+
+/// The claims with the grants kept as text: the slow path, for a payload the fast one refused, so
+/// that the first broken rule is the one reported.
+#[derive(Deserialize)]
+struct RawClaims<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    iss: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    sub: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    exp: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    nbf: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    iat: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    grants: Option<&'a RawValue>,
+}
+
+/// The claims with the grants checked in the same pass: the usual path.
+#[derive(Deserialize)]
+struct CheckedClaims<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    iss: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    sub: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    exp: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    nbf: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    iat: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "checked_grants")]
+    grants: Option<shape::GrantsShape<'a>>,
+}
+
+/// A `grants` key whose value passes the grants check (a `null` does not).
+fn checked_grants<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<shape::GrantsShape<'a>>, D::Error> {
+    shape::GrantsShape::deserialize(deserializer).map(Some)
+}
+
+/// A key that is present, whatever its value (`null` included).
+fn present<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'a RawValue>, D::Error> {
+    <&'a RawValue>::deserialize(deserializer).map(Some)
+}
+
+/// Surrounding ASCII whitespace (a newline from a file or an HTTP body) is not part of a token.
+pub(super) fn trim(jwt: &str) -> &str {
+    jwt.trim_matches(|c: char| c.is_ascii_whitespace())
+}
+
+/// Decodes the header and the payload into `buf` (grown, never shrunk, so a reused buffer is not
+/// zeroed again).
+fn decode_segments<'b>(
+    header: &str,
+    payload: &str,
+    buf: &'b mut Vec<u8>,
+) -> Result<(&'b [u8], &'b [u8]), TokenError> {
+    let header_len = base64url::buffer_len(header.len());
+    let needed = header_len + base64url::buffer_len(payload.len());
+    if buf.len() < needed {
+        buf.resize(needed, 0);
+    }
+    let (header_buf, payload_buf) = buf.split_at_mut(header_len);
+    let not_base64 =
+        |what: &str| TokenError::malformed(format!("the {what} is not unpadded base64url"));
+    let h = base64url::decode(header.as_bytes(), header_buf).ok_or_else(|| not_base64("header"))?;
+    let p =
+        base64url::decode(payload.as_bytes(), payload_buf).ok_or_else(|| not_base64("payload"))?;
+    Ok((&header_buf[..h], &payload_buf[..p]))
+}
+
+/// The text of a JSON object; anything else (an array, a string, bytes that are not UTF-8 even
+/// inside a string nobody reads) is malformed.
+fn json_object_text<'a>(bytes: &'a [u8], what: &str) -> Result<&'a str, TokenError> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| TokenError::malformed(format!("the {what} is not UTF-8")))?;
+    if !text.trim_start().starts_with('{') {
+        return Err(not_object(what));
+    }
+    Ok(text)
+}
+
+fn not_three_segments() -> TokenError {
+    TokenError::malformed("a JWT has three '.'-separated segments")
+}
+
+fn not_object(what: &str) -> TokenError {
+    TokenError::malformed(format!("the {what} is not a JSON object"))
+}
+
+/// The JSON string `raw` holds, if it is one: borrowed from the JSON unless spelt with escapes.
+fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        // Valid JSON (the raw value is) without an escape: the text between the quotes is the string.
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+}
+
+/// Whether `raw` is the JSON string `want` (compared as JSON, so escapes are decoded).
+fn json_str_is(raw: Option<&RawValue>, want: &str) -> bool {
+    raw.and_then(json_str).as_deref() == Some(want)
+}
+
+/// A non-negative JSON number, truncated to whole seconds and clamped to the representable range.
+pub(super) fn json_seconds(raw: &RawValue) -> Option<u64> {
+    // The usual case, a plain integer, without a second JSON parse (JSON has no `+` or leading zero,
+    // so what `u64` parses here is exactly the JSON number).
+    if let Ok(u) = raw.get().parse::<u64>() {
+        return Some(u);
+    }
+    let Ok(n) = serde_json::from_str::<serde_json::Number>(raw.get()) else {
+        // serde_json refuses numbers beyond f64 (`1e400`); a positive one is simply very late.
+        return raw
+            .get()
+            .starts_with(|c: char| c.is_ascii_digit())
+            .then_some(u64::MAX);
+    };
+    if let Some(u) = n.as_u64() {
+        return Some(u);
+    }
+    if n.as_i64().is_some() {
+        return None; // a negative integer
+    }
+    let f = n.as_f64()?;
+    // `as` saturates for huge values; the negative check keeps -0.5 out.
+    (f >= 0.0).then_some(f as u64)
+}
+
+/// Runs the token format's checks, in order, on trimmed text.
+pub(super) fn read(jwt: &str) -> Result<Parsed, TokenError> {
+    // Rule 1: size, segments, base64url, JSON objects.
+    if jwt.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::malformed(format!(
+            "{} bytes is over the {MAX_TOKEN_LEN}-byte limit",
+            jwt.len()
+        )));
+    }
+    // Only the short header and signature are searched for dots: a dot left in the long payload
+    // fails its decoding, which then reports the segments.
+    let (Some(first), Some(last)) = (jwt.find('.'), jwt.rfind('.')) else {
+        return Err(not_three_segments());
+    };
+    if first == last {
+        return Err(not_three_segments());
+    }
+    let (header_b64, payload_b64, sig_b64) =
+        (&jwt[..first], &jwt[first + 1..last], &jwt[last + 1..]);
+    SCRATCH
+        .try_with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut buf) => {
+                let parsed = read_segments(jwt, header_b64, payload_b64, sig_b64, &mut buf);
+                if buf.capacity() > SCRATCH_KEEP {
+                    *buf = Vec::new();
+                }
+                parsed
+            }
+            Err(_) => read_segments(jwt, header_b64, payload_b64, sig_b64, &mut Vec::new()),
+        })
+        .unwrap_or_else(|_| read_segments(jwt, header_b64, payload_b64, sig_b64, &mut Vec::new()))
+}
+
+/// The checks from decoding on, with `buf` to decode into.
+fn read_segments(
+    jwt: &str,
+    header_b64: &str,
+    payload_b64: &str,
+    sig_b64: &str,
+    buf: &mut Vec<u8>,
+) -> Result<Parsed, TokenError> {
+    // The header twilio-node writes without a region is known good: no need to decode or read it.
+    let known_header = header_b64 == HEADER_B64;
+    let (header_bytes, payload_bytes) =
+        decode_segments(if known_header { "" } else { header_b64 }, payload_b64, buf).map_err(
+            |e| {
+                if payload_b64.contains('.') {
+                    not_three_segments()
+                } else {
+                    e
+                }
+            },
+        )?;
+    let header: Option<RawHeader<'_>> = if known_header {
+        None
+    } else {
+        Some(
+            serde_json::from_str(json_object_text(header_bytes, "header")?)
+                .map_err(|_| not_object("header"))?,
+        )
+    };
+    let payload = json_object_text(payload_bytes, "payload")?;
+    // One pass reads the claims and checks the grants. If it fails, a pass that keeps the grants
+    // as text finds out which rule broke first (a broken grant is only the last rule, 7).
+    let (claims, checked) = match serde_json::from_str::<CheckedClaims<'_>>(payload) {
+        Ok(c) => (
+            RawClaims {
+                iss: c.iss,
+                sub: c.sub,
+                exp: c.exp,
+                nbf: c.nbf,
+                iat: c.iat,
+                grants: None,
+            },
+            Some(c.grants),
+        ),
+        Err(_) => (
+            serde_json::from_str::<RawClaims<'_>>(payload).map_err(|_| not_object("payload"))?,
+            None,
+        ),
+    };
+
+    // Rule 2: Twilio's header.
+    let region = match header {
+        None => None,
+        Some(header) => check_header(&header)?,
+    };
+
+    // Rule 3: the signature's shape.
+    let mut sig = [0u8; 64];
+    match base64url::decode(sig_b64.as_bytes(), &mut sig) {
+        Some(SIGNATURE_LEN) => {}
+        Some(n) => {
+            return Err(TokenError::MalformedSignature {
+                reason: format!("{n} bytes, HS256 signatures are {SIGNATURE_LEN}"),
+            })
+        }
+        None => {
+            return Err(TokenError::MalformedSignature {
+                reason: "not 32 bytes of unpadded base64url".into(),
+            })
+        }
+    }
+
+    // Rule 4: issuer and subject.
+    let api_key_sid = claims
+        .iss
+        .and_then(json_str)
+        .filter(|s| s.starts_with("SK"))
+        .ok_or_else(|| TokenError::InvalidIssuer {
+            reason: "iss must be an API key SID starting with \"SK\"".into(),
+        })?;
+    let account_sid = claims
+        .sub
+        .and_then(json_str)
+        .filter(|s| s.starts_with("AC"))
+        .ok_or_else(|| TokenError::InvalidIssuer {
+            reason: "sub must be an account SID starting with \"AC\"".into(),
+        })?;
+
+    // Rule 5: expiry.
+    let exp = match claims.exp {
+        None => {
+            return Err(TokenError::InvalidExpiry {
+                reason: "exp is missing".into(),
+            })
+        }
+        Some(raw) => json_seconds(raw).ok_or_else(|| TokenError::InvalidExpiry {
+            reason: "exp must be a non-negative number of seconds".into(),
+        })?,
+    };
+
+    // Rule 6: the other time claims.
+    let time_claim = |raw: Option<&RawValue>, name: &str| match raw {
+        None => Ok(None),
+        Some(raw) => json_seconds(raw)
+            .map(Some)
+            .ok_or_else(|| TokenError::InvalidTimeClaim {
+                reason: format!("{name} must be a non-negative number of seconds"),
+            }),
+    };
+    let nbf = time_claim(claims.nbf, "nbf")?;
+    let iat = time_claim(claims.iat, "iat")?;
+
+    // Rule 7: grants, checked (not built: `AccessToken::grants` builds them on first use).
+    let missing = || TokenError::InvalidGrants {
+        reason: "grants is missing".into(),
+    };
+    let grants = match checked {
+        Some(grants) => grants.ok_or_else(missing)?,
+        None => {
+            let grants_raw = claims.grants.ok_or_else(missing)?;
+            if !grants_raw.get().starts_with('{') {
+                return Err(TokenError::InvalidGrants {
+                    reason: "grants must be an object".into(),
+                });
+            }
+            shape::read(grants_raw.get()).map_err(|e| TokenError::InvalidGrants {
+                reason: grants_reason(&e),
+            })?
+        }
+    };
+
+    let region_str = region.as_deref().unwrap_or("");
+    let identity = grants.identity.as_deref().unwrap_or("");
+    let mut strings = String::with_capacity(
+        account_sid.len() + api_key_sid.len() + region_str.len() + identity.len(),
+    );
+    let mut ends = [0; 3];
+    for (end, s) in ends
+        .iter_mut()
+        .zip([&*account_sid, &*api_key_sid, region_str])
+    {
+        strings.push_str(s);
+        *end = offset(strings.len());
+    }
+    strings.push_str(identity);
+    Ok(Parsed {
+        payload_dot: offset(header_b64.len()),
+        sig_dot: offset(jwt.len() - sig_b64.len() - 1),
+        strings: strings.into_boxed_str(),
+        ends,
+        exp,
+        nbf,
+        iat,
+        has_region: region.is_some(),
+        has_identity: grants.identity.is_some(),
+        kinds: grants.kinds,
+    })
+}
+
+/// Rule 2 on a header other than the usual one; its region, if any.
+fn check_header<'a>(header: &RawHeader<'a>) -> Result<Option<Cow<'a, str>>, TokenError> {
+    if !json_str_is(header.alg, "HS256") {
+        return Err(TokenError::InvalidHeader {
+            reason: match (header.alg.and_then(json_str), header.alg) {
+                (Some(a), _) => format!("alg is {a:?}, Twilio requires \"HS256\""),
+                (None, Some(_)) => "alg is not a string, Twilio requires \"HS256\"".into(),
+                (None, None) => "alg is missing, Twilio requires \"HS256\"".into(),
+            },
+        });
+    }
+    if !json_str_is(header.cty, CONTENT_TYPE) {
+        return Err(TokenError::InvalidHeader {
+            reason: format!("cty must be \"{CONTENT_TYPE}\""),
+        });
+    }
+    if header.typ.is_some() && !json_str_is(header.typ, "JWT") {
+        return Err(TokenError::InvalidHeader {
+            reason: "typ must be \"JWT\" when present".into(),
+        });
+    }
+    match header.twr {
+        None => Ok(None),
+        Some(raw) => json_str(raw)
+            .map(Some)
+            .ok_or_else(|| TokenError::InvalidHeader {
+                reason: "twr (the region) must be a string".into(),
+            }),
+    }
+}
+
+/// An offset into the token text, or into strings decoded from it (never longer than the text).
+fn offset(n: usize) -> u16 {
+    debug_assert!(n <= MAX_TOKEN_LEN);
+    n as u16
+}
+
+fn grants_reason(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    if msg.contains("identity") {
+        "grants.identity must be a string".into()
+    } else {
+        // serde's message names the offending grant's field and type; it holds no token bytes
+        // beyond the grant's own JSON structure.
+        format!(
+            "a grant is not of the expected shape ({})",
+            strip_position(&msg)
+        )
+    }
+}
+
+fn strip_position(msg: &str) -> &str {
+    msg.split(" at line ").next().unwrap_or(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+
+    #[test]
+    fn json_seconds_accepts_non_negative_numbers_only() {
+        let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
+        assert_eq!(json_seconds(&raw("12")), Some(12));
+        assert_eq!(json_seconds(&raw("12.9")), Some(12));
+        assert_eq!(json_seconds(&raw("1e300")), Some(u64::MAX));
+        assert_eq!(json_seconds(&raw("1e400")), Some(u64::MAX));
+        assert_eq!(json_seconds(&raw("-1e400")), None);
+        assert_eq!(json_seconds(&raw("-1")), None);
+        assert_eq!(json_seconds(&raw("-0.5")), None);
+        assert_eq!(json_seconds(&raw("\"12\"")), None);
+        assert_eq!(json_seconds(&raw("null")), None);
+    }
+
+    #[test]
+    fn json_str_borrows_plain_strings_and_decodes_escaped_ones() {
+        let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
+        let plain = raw(r#""SK12""#);
+        assert!(matches!(json_str(&plain), Some(Cow::Borrowed("SK12"))));
+        let escaped = raw(r#""S\u004b12\"""#);
+        assert_eq!(json_str(&escaped).as_deref(), Some("SK12\""));
+        assert_eq!(json_str(&raw("12")), None);
+        assert_eq!(json_str(&raw("null")), None);
+    }
+
+    #[test]
+    fn the_decoding_buffer_grows_for_a_large_token_and_is_not_kept() {
+        let header = URL_SAFE_NO_PAD.encode(b"{}");
+        let payload = URL_SAFE_NO_PAD.encode(vec![b'x'; SCRATCH_KEEP * 2]);
+        let mut buf = Vec::new();
+        let (h, p) = decode_segments(&header, &payload, &mut buf).unwrap();
+        assert_eq!((h, p.len()), (&b"{}"[..], SCRATCH_KEEP * 2));
+        // The thread's buffer is dropped after such a token.
+        let jwt = format!("{header}.{payload}.x");
+        assert!(read(&jwt).is_err());
+        SCRATCH.with(|s| assert!(s.borrow().capacity() <= SCRATCH_KEEP));
+    }
+
+    #[test]
+    fn extra_dots_are_reported_as_segments_before_any_decoding_error() {
+        let segments = "a JWT has three '.'-separated segments";
+        for jwt in [
+            "a.b.c.d",
+            "!.b.c.d",
+            "a.b!.c.d",
+            "...",
+            "a.b.c..",
+            "e30.e30.x.x.x",
+        ] {
+            let err = read(jwt).err().unwrap();
+            assert!(err.to_string().contains(segments), "{jwt}: {err}");
+        }
+        for jwt in ["", "abc", "a.b"] {
+            assert!(
+                read(jwt).err().unwrap().to_string().contains(segments),
+                "{jwt}"
+            );
+        }
+        let err = read("!.b.c").err().unwrap();
+        assert!(err.to_string().contains("header is not unpadded"), "{err}");
+    }
+
+    #[test]
+    fn the_known_header_is_the_one_read_the_long_way() {
+        let header = URL_SAFE_NO_PAD.decode(HEADER_B64).unwrap();
+        let header: RawHeader<'_> = serde_json::from_slice(&header).unwrap();
+        assert!(matches!(check_header(&header), Ok(None)));
+        assert!(header.typ.is_some());
+    }
+}
