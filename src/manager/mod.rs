@@ -410,7 +410,7 @@ impl AccessManagerBuilder {
             .map(|(manager, events)| (manager, events.unwrap_or_else(Events::closed)))
     }
 
-    fn start(self, subscribe: bool) -> Result<(AccessManager, Option<Events>), BuildError> {
+    fn start(mut self, subscribe: bool) -> Result<(AccessManager, Option<Events>), BuildError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         if self.fetch_timeout.is_zero() {
             return Err(BuildError::InvalidConfig("fetch_timeout must be non-zero"));
@@ -429,10 +429,12 @@ impl AccessManagerBuilder {
             return Err(BuildError::InvalidConfig("event_capacity must be non-zero"));
         }
         let clock: Arc<dyn Clock> = self.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
-        let initial = match &self.initial_token {
+        let initial = match self.initial_token.take() {
             None => None,
             Some(jwt) => {
-                let token = AccessToken::parse(jwt).map_err(BuildError::InvalidInitialToken)?;
+                // The app's String becomes the token's text: no copy.
+                let token =
+                    AccessToken::parse_owned(jwt).map_err(BuildError::InvalidInitialToken)?;
                 token
                     .validate_at(clock.now())
                     .map_err(BuildError::InvalidInitialToken)?;
