@@ -5,7 +5,7 @@
 mod token_support;
 
 use access_manager::{AccessToken, TokenError, MAX_TOKEN_LEN};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 use token_support::*;
 
 const HEADER: &str = r#"{"alg":"HS256","typ":"JWT","cty":"twilio-fpa;v=1"}"#;
@@ -374,5 +374,37 @@ fn verify_with_empty_and_long_secrets() {
             Err(TokenError::SignatureMismatch)
         );
     }
-    let _ = SystemTime::now();
+}
+
+// ---- found by the roundtrip fuzzer ----------------------------------------------------------------
+
+/// `fuzz/artifacts/roundtrip/crash-370782ab…`: grant strings full of control characters (six bytes
+/// each once JSON-escaped, eight once base64url-encoded) made the builder mint a 33 227-byte token,
+/// which `AccessToken::parse` (like Twilio) refuses as over 16 KiB. `to_jwt` now refuses it (20101).
+#[test]
+fn the_builder_refuses_to_mint_a_token_over_16_kib() {
+    let builder = |identity: &str| {
+        AccessToken::builder(ACCOUNT_SID, API_KEY_SID, SECRET)
+            .identity(identity)
+            .issued_at(at(NOW))
+    };
+    let err = builder(&"\u{1}".repeat(4000)).to_jwt().unwrap_err();
+    assert_eq!(err.code(), 20101);
+    assert!(err.to_string().contains("16384-byte limit"), "{err}");
+
+    // At the boundary: the longest identity that mints gives a token parse accepts, one more
+    // character is refused by both.
+    let mut n = 12_000;
+    let longest = loop {
+        match builder(&"x".repeat(n + 1)).to_jwt() {
+            Ok(_) => n += 1,
+            Err(e) => {
+                assert_eq!(e.code(), 20101);
+                break builder(&"x".repeat(n)).to_jwt().unwrap();
+            }
+        }
+    };
+    assert!(longest.len() <= MAX_TOKEN_LEN && longest.len() > MAX_TOKEN_LEN - 4);
+    let t = AccessToken::verify(&longest, SECRET.as_bytes(), at(NOW)).unwrap();
+    assert_eq!(t.identity().map(str::len), Some(n));
 }

@@ -1,14 +1,17 @@
 //! `arbitrary` builds identity, grants, ttl, iat, nbf, region, SIDs and a secret; the builder mints;
-//! `verify` (at iat) and `parse` must read every field back, and the grants re-serialise to the
-//! JSON the builder wrote.
+//! the header and claims must be exactly the JSON written out independently here (twilio-node's
+//! keys and order), a token over 16 KiB must be refused, and `verify` (at iat) and `parse` must read
+//! every field back.
 #![no_main]
 
 use access_manager::grants::{
     ChatGrant, Grant, PlaybackGrant, SyncGrant, TaskRouterGrant, VideoGrant, VoiceGrant,
 };
-use access_manager::{AccessToken, Grants, TokenError};
+use access_manager::{AccessToken, Grants, TokenError, MAX_TOKEN_LEN};
 use access_manager_fuzz::{check_token, secs, CAP, MAX_UNIX_SECS};
 use arbitrary::{Arbitrary, Unstructured};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -199,7 +202,40 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(jwt, Err(TokenError::LifetimeTooLong { lifetime_secs: ttl }));
         return;
     }
-    let jwt = jwt.expect("valid SIDs and ttl mint");
+    // The token the builder must write, key for key (twilio-node's order), built independently.
+    let header = match &input.region {
+        None => serde_json::json!({"alg": "HS256", "typ": "JWT", "cty": "twilio-fpa;v=1"}),
+        Some(r) => {
+            serde_json::json!({"alg": "HS256", "typ": "JWT", "cty": "twilio-fpa;v=1", "twr": r})
+        }
+    };
+    let mut claims = Map::new();
+    claims.insert("jti".into(), format!("{api_key_sid}-{iat_s}").into());
+    claims.insert("grants".into(), serde_json::to_value(&grants).unwrap());
+    if let Some(n) = nbf {
+        claims.insert("nbf".into(), secs(n).into());
+    }
+    claims.insert("iat".into(), iat_s.into());
+    claims.insert("exp".into(), (iat_s + ttl).into());
+    claims.insert("iss".into(), api_key_sid.clone().into());
+    claims.insert("sub".into(), account_sid.clone().into());
+    let (header, claims) = (header.to_string(), Value::Object(claims).to_string());
+    let b64_len = |n: usize| (n * 4).div_ceil(3);
+    let expected_len = b64_len(header.len()) + 1 + b64_len(claims.len()) + 1 + 43;
+    if expected_len > MAX_TOKEN_LEN {
+        // A token parse (and Twilio) would refuse is not minted.
+        match jwt {
+            Err(TokenError::Malformed { reason }) => assert!(reason.contains("limit"), "{reason}"),
+            other => panic!("a {expected_len}-byte token: {other:?}"),
+        }
+        return;
+    }
+    let jwt = jwt.expect("valid SIDs, ttl and size mint");
+    assert_eq!(jwt.len(), expected_len);
+    let mut segs = jwt.split('.');
+    let mut decode = || URL_SAFE_NO_PAD.decode(segs.next().unwrap()).unwrap();
+    assert_eq!(String::from_utf8(decode()).unwrap(), header);
+    assert_eq!(String::from_utf8(decode()).unwrap(), claims);
     // The builder's Debug never shows the secret.
     let bdbg = format!("{builder:?}");
     assert!(bdbg.contains("<redacted>"));
