@@ -1,7 +1,7 @@
 //! [`AccessTokenBuilder`]: mint HS256 access tokens exactly as twilio-node does.
 
 use super::grants::{Grant, Grants};
-use super::{unix_secs, TokenError, CONTENT_TYPE, MAX_LIFETIME};
+use super::{unix_secs, TokenError, CONTENT_TYPE, MAX_LIFETIME, MAX_TOKEN_LEN, SIGNATURE_LEN};
 use crate::clock::{Clock, SystemClock};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -129,7 +129,10 @@ impl AccessTokenBuilder {
     ///
     /// # Errors
     /// [`TokenError::InvalidIssuer`] when the account SID does not start with `AC` or the API key SID
-    /// with `SK`; [`TokenError::LifetimeTooLong`] for a ttl over 24 h.
+    /// with `SK`; [`TokenError::LifetimeTooLong`] for a ttl over 24 h; [`TokenError::Malformed`]
+    /// (20101) when the token would be longer than [`MAX_TOKEN_LEN`](crate::MAX_TOKEN_LEN), which
+    /// [`AccessToken::parse`](super::AccessToken::parse) and Twilio refuse (long identities or
+    /// grant values, and control characters, which JSON writes as six-byte `\u` escapes, add up).
     pub fn to_jwt(&self) -> Result<String, TokenError> {
         if !self.account_sid.starts_with("AC") {
             return Err(TokenError::InvalidIssuer {
@@ -181,6 +184,13 @@ impl AccessTokenBuilder {
         }
         jwt.push('.');
         URL_SAFE_NO_PAD.encode_string(claims, &mut jwt);
+        // `.` and the unpadded base64url of the 32-byte signature (43 chars) are still to come.
+        let len = jwt.len() + 1 + (SIGNATURE_LEN * 4).div_ceil(3);
+        if len > MAX_TOKEN_LEN {
+            return Err(TokenError::malformed(format!(
+                "the token would be {len} bytes, over the {MAX_TOKEN_LEN}-byte limit"
+            )));
+        }
         let mut mac =
             HmacSha256::new_from_slice(&self.secret).expect("HMAC takes keys of any length");
         mac.update(jwt.as_bytes());
