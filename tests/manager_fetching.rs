@@ -382,9 +382,11 @@ async fn b6_a_permanent_error_stops_retries_until_refresh_or_update() {
     assert_eq!(calls.next().await.request.reason(), FetchReason::WillExpire);
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn b7_tokens_shorter_than_the_lead_do_not_make_the_fetcher_loop() {
-    let clock = clock();
+/// A fetcher that mints a fresh `ttl`-second token at the clock's now, counting its calls.
+fn minting_fetcher(
+    clock: &ManualClock,
+    ttl: u64,
+) -> (impl access_manager::TokenFetcher, Arc<AtomicUsize>) {
     let fetched = Arc::new(AtomicUsize::new(0));
     let fetcher = {
         let clock = clock.clone();
@@ -396,9 +398,16 @@ async fn b7_tokens_shorter_than_the_lead_do_not_make_the_fetcher_loop() {
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_secs();
-            async move { Ok(mint("alice", now, 60)) } // 60 s tokens, lead 180 s
+            async move { Ok(mint("alice", now, ttl)) }
         })
     };
+    (fetcher, fetched)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn b7_tokens_shorter_than_the_lead_do_not_make_the_fetcher_loop() {
+    let clock = clock();
+    let (fetcher, fetched) = minting_fetcher(&clock, 60); // 60 s tokens, lead 180 s
     let manager = AccessManager::builder()
         .clock(clock.clone())
         .fetcher(fetcher)
@@ -429,20 +438,7 @@ async fn b7_tokens_shorter_than_the_lead_do_not_make_the_fetcher_loop() {
 #[tokio::test(flavor = "current_thread")]
 async fn b7_even_two_second_tokens_wait_at_least_one_second_between_fetches() {
     let clock = clock();
-    let fetched = Arc::new(AtomicUsize::new(0));
-    let fetcher = {
-        let clock = clock.clone();
-        let fetched = fetched.clone();
-        access_manager::fetcher_fn(move |_req| {
-            fetched.fetch_add(1, Ordering::SeqCst);
-            let now = clock
-                .now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs();
-            async move { Ok(mint("alice", now, 2)) }
-        })
-    };
+    let (fetcher, fetched) = minting_fetcher(&clock, 2);
     let _manager = AccessManager::builder()
         .clock(clock.clone())
         .fetcher(fetcher)
