@@ -176,7 +176,11 @@ impl Driver {
             self.on_time(now);
 
             let deadline = self.next_deadline();
-            if self.sleep.as_ref().map(|(d, _)| *d) != deadline {
+            let armed = self.sleep.as_ref().map(|(d, _)| *d);
+            // A sleep armed no later than the deadline is kept: waking early only runs the loop
+            // once more, and re-arming on every new token would cost a timer each update.
+            let early_enough = matches!((armed, deadline), (Some(a), Some(d)) if a <= d);
+            if armed != deadline && !early_enough {
                 self.sleep = deadline.map(|d| (d, self.shared.clock.sleep_until(d)));
             }
             let shared = self.shared.clone();
