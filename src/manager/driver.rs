@@ -11,6 +11,7 @@ use crate::token::unix_secs;
 use crate::{AccessToken, FetchLimiter, TokenFetcher, MAX_LIFETIME};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -72,6 +73,8 @@ pub(super) struct Driver {
     /// Failed attempts of the refresh under way.
     failures: u32,
     fanout: Fanout,
+    /// The commands of the turn, swapped with the mailbox's queue.
+    inbox: VecDeque<Command>,
     sleep: Option<(SystemTime, Sleep)>,
     limiter: Option<FetchLimiter>,
     refresh_jitter: Duration,
@@ -131,6 +134,7 @@ impl Driver {
             next_fetch_at: None,
             failures: 0,
             fanout: Fanout::new(config.consumer_timeout, 0),
+            inbox: VecDeque::new(),
             sleep: None,
             limiter: config.limiter,
             refresh_jitter: config.refresh_jitter,
@@ -157,22 +161,25 @@ impl Driver {
 
     async fn serve(mut self) {
         loop {
+            // One clock reading a turn (commands run no user code, so the turn takes no time).
             // Timers first, so that commands see the state as of now.
-            self.on_time(self.shared.clock.now());
-            let (commands, handles_gone) = {
+            let now = self.shared.clock.now();
+            self.on_time(now);
+            let handles_gone = {
                 let mut mailbox = lock(&self.shared.mailbox);
-                (std::mem::take(&mut mailbox.queue), mailbox.handles_gone)
+                // Swapped rather than taken, so that neither queue gives up its buffer.
+                std::mem::swap(&mut mailbox.queue, &mut self.inbox);
+                mailbox.handles_gone
             };
-            for command in commands {
+            while let Some(command) = self.inbox.pop_front() {
                 if let Command::Shutdown = command {
                     return;
                 }
-                self.on_command(command);
+                self.on_command(command, now);
             }
             if handles_gone {
                 return;
             }
-            let now = self.shared.clock.now();
             self.on_time(now);
 
             let deadline = self.next_deadline();
@@ -217,16 +224,16 @@ impl Driver {
         }
     }
 
-    fn on_command(&mut self, command: Command) {
+    fn on_command(&mut self, command: Command, now: SystemTime) {
         match command {
-            Command::Update { token, reply } => self.on_update(token, reply),
+            Command::Update { token, reply } => self.on_update(token, reply, now),
             Command::Rejected(error) => {
                 self.shared.emit(|| Event::TokenRejected { error });
             }
             Command::Refresh {
                 min_remaining,
                 reply,
-            } => self.on_refresh(min_remaining, reply),
+            } => self.on_refresh(min_remaining, reply, now),
             Command::Registered(id) => {
                 if let Some(c) = &self.current {
                     let token = c.token.clone();
@@ -273,8 +280,7 @@ impl Driver {
         }
     }
 
-    fn on_update(&mut self, token: AccessToken, reply: ReportReply) {
-        let now = self.shared.clock.now();
+    fn on_update(&mut self, token: AccessToken, reply: ReportReply, now: SystemTime) {
         match self.check(&token, now) {
             Err(e) => {
                 self.reject(&e);
@@ -368,12 +374,11 @@ impl Driver {
         }
     }
 
-    fn on_refresh(&mut self, min_remaining: Option<Duration>, reply: FetchReply) {
+    fn on_refresh(&mut self, min_remaining: Option<Duration>, reply: FetchReply, now: SystemTime) {
         if self.fetcher.is_none() {
             let _ = reply.send(Err(RefreshError::NoFetcher));
             return;
         }
-        let now = self.shared.clock.now();
         if let (Some(min), Some(c)) = (min_remaining, &self.current) {
             let left = c.expires_at.duration_since(now).unwrap_or_default();
             if now < c.expires_at && left >= min {
