@@ -17,6 +17,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
 
@@ -201,7 +202,19 @@ impl Driver {
             match wake {
                 Wake::Mail => {}
                 Wake::Fetched(result) => self.on_fetched(result),
-                Wake::Delivered(done) => self.fanout.finish(&self.shared, done),
+                Wake::Delivered(done) => {
+                    self.fanout.finish(&self.shared, done);
+                    // The other deliveries already done are finished in this turn too, rather
+                    // than one loop turn each.
+                    let (fanout, shared) = (&mut self.fanout, &self.shared);
+                    std::future::poll_fn(|cx| {
+                        while let Poll::Ready(Some(done)) = fanout.deliveries.poll_next_unpin(cx) {
+                            fanout.finish(shared, done);
+                        }
+                        Poll::Ready(())
+                    })
+                    .await;
+                }
                 Wake::Timer => self.sleep = None,
             }
         }
