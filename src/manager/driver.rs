@@ -11,6 +11,7 @@ use crate::token::unix_secs;
 use crate::{AccessToken, FetchLimiter, TokenFetcher, MAX_LIFETIME};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -73,6 +74,8 @@ pub(super) struct Driver {
     /// Failed attempts of the refresh under way.
     failures: u32,
     fanout: Fanout,
+    /// The commands of the turn, swapped with the mailbox's queue.
+    inbox: VecDeque<Command>,
     sleep: Option<(SystemTime, Sleep)>,
     limiter: Option<FetchLimiter>,
     refresh_jitter: Duration,
@@ -137,6 +140,7 @@ impl Driver {
             next_fetch_at: None,
             failures: 0,
             fanout: Fanout::new(config.consumer_timeout, 0),
+            inbox: VecDeque::new(),
             sleep: None,
             limiter: config.limiter,
             refresh_jitter: config.refresh_jitter,
@@ -175,22 +179,26 @@ impl Driver {
     /// may have made more work ready.
     fn step(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
+            // One clock reading a turn (commands run no user code, so the turn takes no time).
             // Timers first, so that commands see the state as of now.
-            self.on_time(self.shared.clock.now());
-            let (commands, handles_gone) = {
+            let now = self.shared.clock.now();
+            self.on_time(now);
+            let handles_gone = {
                 let mut mailbox = lock(&self.shared.mailbox);
-                (std::mem::take(&mut mailbox.queue), mailbox.handles_gone)
+                // Swapped rather than taken, so that neither queue gives up its buffer.
+                std::mem::swap(&mut mailbox.queue, &mut self.inbox);
+                mailbox.handles_gone
             };
-            for command in commands {
+            while let Some(command) = self.inbox.pop_front() {
                 if let Command::Shutdown = command {
                     return Poll::Ready(());
                 }
-                self.on_command(command);
+                self.on_command(command, now);
             }
             if handles_gone {
                 return Poll::Ready(());
             }
-            self.on_time(self.shared.clock.now());
+            self.on_time(now);
 
             if let Some(fetch) = &mut self.fetch {
                 if let Poll::Ready(result) = fetch.future.as_mut().poll(cx) {
@@ -203,7 +211,11 @@ impl Driver {
                 continue;
             }
             let deadline = self.next_deadline();
-            if self.sleep.as_ref().map(|(d, _)| *d) != deadline {
+            let armed = self.sleep.as_ref().map(|(d, _)| *d);
+            // A sleep armed no later than the deadline is kept: waking early only runs the loop
+            // once more, and re-arming on every new token would cost a timer each update.
+            let early_enough = matches!((armed, deadline), (Some(a), Some(d)) if a <= d);
+            if armed != deadline && !early_enough {
                 self.sleep = deadline.map(|d| (d, self.shared.clock.sleep_until(d)));
             }
             if let Some((_, sleep)) = &mut self.sleep {
@@ -233,16 +245,16 @@ impl Driver {
         }
     }
 
-    fn on_command(&mut self, command: Command) {
+    fn on_command(&mut self, command: Command, now: SystemTime) {
         match command {
-            Command::Update { token, reply } => self.on_update(token, reply),
+            Command::Update { token, reply } => self.on_update(token, reply, now),
             Command::Rejected(error) => {
                 self.shared.emit(|| Event::TokenRejected { error });
             }
             Command::Refresh {
                 min_remaining,
                 reply,
-            } => self.on_refresh(min_remaining, reply),
+            } => self.on_refresh(min_remaining, reply, now),
             Command::Registered(id) => {
                 if let Some(c) = &self.current {
                     let token = c.token.clone();
@@ -289,8 +301,7 @@ impl Driver {
         }
     }
 
-    fn on_update(&mut self, token: AccessToken, reply: ReportReply) {
-        let now = self.shared.clock.now();
+    fn on_update(&mut self, token: AccessToken, reply: ReportReply, now: SystemTime) {
         match self.check(&token, now) {
             Err(e) => {
                 self.reject(&e);
@@ -384,12 +395,11 @@ impl Driver {
         }
     }
 
-    fn on_refresh(&mut self, min_remaining: Option<Duration>, reply: FetchReply) {
+    fn on_refresh(&mut self, min_remaining: Option<Duration>, reply: FetchReply, now: SystemTime) {
         if self.fetcher.is_none() {
             let _ = reply.send(Err(RefreshError::NoFetcher));
             return;
         }
-        let now = self.shared.clock.now();
         if let (Some(min), Some(c)) = (min_remaining, &self.current) {
             let left = c.expires_at.duration_since(now).unwrap_or_default();
             if now < c.expires_at && left >= min {

@@ -11,7 +11,7 @@ use futures_util::{FutureExt, StreamExt};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
 
 pub(super) type ReportReply = oneshot::Sender<Result<UpdateReport, UpdateError>>;
@@ -169,8 +169,10 @@ impl Fanout {
                 reply,
             });
         }
+        // One deadline for the whole publish: the deliveries all start now.
+        let deadline = after(shared.clock.now(), self.timeout);
         for start in starts {
-            self.start(shared, start, token, generation);
+            self.start(shared, start, token, generation, deadline);
         }
         self.answer_finished();
     }
@@ -202,11 +204,20 @@ impl Fanout {
             }
         };
         if let Some(start) = start {
-            self.start(shared, start, token, generation);
+            let deadline = after(shared.clock.now(), self.timeout);
+            self.start(shared, start, token, generation, deadline);
         }
     }
 
-    fn start(&mut self, shared: &Shared, start: Start, token: &AccessToken, generation: u64) {
+    /// Starts one delivery, which times out at `deadline`.
+    fn start(
+        &mut self,
+        shared: &Shared,
+        start: Start,
+        token: &AccessToken,
+        generation: u64,
+        deadline: SystemTime,
+    ) {
         match start {
             Start::MissingGrant(id, name) => {
                 let kind = lock(&shared.consumers)
@@ -230,8 +241,9 @@ impl Fanout {
             Start::Call(id, consumer, name) => {
                 let token = token.clone();
                 let timeout = self.timeout;
-                let deadline = after(shared.clock.now(), timeout);
-                let sleep = shared.clock.sleep_until(deadline);
+                // The timer is made only if the consumer does not answer at its first poll.
+                let clock = shared.clock.clone();
+                let sleep = async move { clock.sleep_until(deadline).await };
                 let span = tracing::debug_span!("deliver", consumer = %name, generation);
                 self.deliveries
                     .get_or_insert_with(FuturesUnordered::new)
@@ -316,7 +328,8 @@ impl Fanout {
             self.forget(id);
         }
         if let Some((start, token)) = next {
-            self.start(shared, start, &token, self.generation);
+            let deadline = after(shared.clock.now(), self.timeout);
+            self.start(shared, start, &token, self.generation, deadline);
         }
     }
 
