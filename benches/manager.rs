@@ -20,7 +20,6 @@
 //! The peer's figures (twilio-common 0.1.7 on node) are in `benches/peer/README.md`;
 //! `benches/ratios.sh` prints the ratios from criterion's output.
 
-use access_manager::grants::{ChatGrant, SyncGrant, VideoGrant, VoiceGrant};
 use access_manager::{AccessManager, AccessToken, ConsumerError, TokenConsumer};
 use arc_swap::ArcSwapOption;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
@@ -35,35 +34,13 @@ use tokio::sync::{watch, Notify};
 
 /// The all-grants token the peer benchmark uses (chat, sync, voice, video), issued `age` seconds
 /// ago and valid for 24 h, so that tokens of different ages differ (`jti` carries `iat`).
+#[path = "support/peer_token.rs"]
+mod peer_token;
+
 fn mint(age: u64) -> String {
     let now = access_manager::clock::Clock::now(&access_manager::clock::SystemClock);
     let iat = now.duration_since(UNIX_EPOCH).unwrap().as_secs() - age;
-    AccessToken::builder(
-        "AC0123456789abcdef0123456789abcdef",
-        "SKfedcba9876543210fedcba9876543210",
-        "secret",
-    )
-    .identity("user-000001")
-    .issued_at(UNIX_EPOCH + Duration::from_secs(iat))
-    .ttl(Duration::from_secs(86_400))
-    .grant(ChatGrant {
-        service_sid: Some("IS00000000000000000000000000000001".into()),
-        ..Default::default()
-    })
-    .grant(SyncGrant {
-        service_sid: Some("IS00000000000000000000000000000002".into()),
-        ..Default::default()
-    })
-    .grant(VoiceGrant {
-        incoming_allow: true,
-        outgoing_application_sid: Some("AP00000000000000000000000000000005".into()),
-        ..Default::default()
-    })
-    .grant(VideoGrant {
-        room: Some("room".into()),
-    })
-    .to_jwt()
-    .unwrap()
+    peer_token::peer_token("user-000001", iat)
 }
 
 /// Whether to time with the wall clock (`BENCH_CLOCK=wall`) rather than the thread's CPU time.

@@ -4,14 +4,15 @@
 //!
 //! `cargo bench --bench memory` (N managers, default 100 000: `MEMORY_N=10000` for a quick run).
 
-use access_manager::grants::{ChatGrant, SyncGrant, VideoGrant, VoiceGrant};
 use access_manager::{AccessManager, AccessToken, ConsumerError, TokenConsumer};
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
+#[path = "support/peer_token.rs"]
+mod peer_token;
 use counting_alloc::{Counting, LIVE};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -45,34 +46,7 @@ fn main() {
     let now = access_manager::clock::Clock::now(&access_manager::clock::SystemClock);
     let iat = now.duration_since(UNIX_EPOCH).unwrap().as_secs();
     let tokens: Vec<String> = (0..n)
-        .map(|i| {
-            AccessToken::builder(
-                "AC0123456789abcdef0123456789abcdef",
-                "SKfedcba9876543210fedcba9876543210",
-                "secret",
-            )
-            .identity(format!("user-{i:06}"))
-            .issued_at(UNIX_EPOCH + Duration::from_secs(iat))
-            .ttl(Duration::from_secs(86_400))
-            .grant(ChatGrant {
-                service_sid: Some("IS00000000000000000000000000000001".into()),
-                ..Default::default()
-            })
-            .grant(SyncGrant {
-                service_sid: Some("IS00000000000000000000000000000002".into()),
-                ..Default::default()
-            })
-            .grant(VoiceGrant {
-                incoming_allow: true,
-                outgoing_application_sid: Some("AP00000000000000000000000000000005".into()),
-                ..Default::default()
-            })
-            .grant(VideoGrant {
-                room: Some("room".into()),
-            })
-            .to_jwt()
-            .unwrap()
-        })
+        .map(|i| peer_token::peer_token(&format!("user-{i:06}"), iat))
         .collect();
     let consumer = Arc::new(NoOp);
 

@@ -62,36 +62,13 @@ fn builder_for(v: &Value) -> AccessTokenBuilder {
     b
 }
 
+#[path = "support/peer_token.rs"]
+mod peer_token;
+
 /// A token shaped like the peer benchmark's (benches/peer): identity, chat, sync, voice, video;
 /// 734 bytes there, 731 here (a 6-character identity).
 fn peer_shaped() -> String {
-    use access_manager::grants::{ChatGrant, SyncGrant, VideoGrant, VoiceGrant};
-    AccessToken::builder(
-        "AC0123456789abcdef0123456789abcdef",
-        "SKfedcba9876543210fedcba9876543210",
-        "secret",
-    )
-    .identity("user-m00001")
-    .issued_at(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
-    .ttl(Duration::from_secs(86_400))
-    .grant(ChatGrant {
-        service_sid: Some("IS00000000000000000000000000000001".into()),
-        ..Default::default()
-    })
-    .grant(SyncGrant {
-        service_sid: Some("IS00000000000000000000000000000002".into()),
-        ..Default::default()
-    })
-    .grant(VoiceGrant {
-        incoming_allow: true,
-        outgoing_application_sid: Some("AP00000000000000000000000000000005".into()),
-        ..Default::default()
-    })
-    .grant(VideoGrant {
-        room: Some("room".into()),
-    })
-    .to_jwt()
-    .unwrap()
+    peer_token::peer_token("user-m00001", 1_700_000_000)
 }
 
 fn parse(c: &mut Criterion) {
