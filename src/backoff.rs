@@ -4,7 +4,8 @@ use std::time::Duration;
 
 /// Exponential backoff: the n-th retry waits up to `initial × 2^(n-1)`, capped at `max`; with
 /// jitter (the default) the wait is drawn uniformly from `(0, that]` ("full jitter"), so many
-/// clients failing together do not retry together.
+/// clients failing together do not retry together. The manager never retries sooner than 100 ms
+/// after a failure, whatever the backoff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     initial: Duration,

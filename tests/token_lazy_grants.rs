@@ -263,3 +263,31 @@ proptest! {
         check_grants_text(&text)?;
     }
 }
+
+#[test]
+fn lazy_grants_agree_with_parse_at_serde_jsons_nesting_limit() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let token = |grants: &str| {
+        let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT","cty":"twilio-fpa;v=1"}"#);
+        let p = URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"jti":"SK1-1","iss":"SK1","sub":"AC1","exp":2000000000,"grants":{grants}}}"#
+        ));
+        format!("{h}.{p}.{}", URL_SAFE_NO_PAD.encode([0u8; 32]))
+    };
+    for depth in 120..130 {
+        let grants = format!(
+            r#"{{"identity":"alice","chat":{{}},"rtc":{}1{}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        if let Ok(t) = access_manager::AccessToken::parse(&token(&grants)) {
+            assert_eq!(
+                t.has_grant(access_manager::GrantKind::Chat),
+                t.grants().chat.is_some(),
+                "depth {depth}"
+            );
+            assert!(t.grants().other.contains_key("rtc"), "depth {depth}");
+        }
+    }
+}

@@ -79,6 +79,7 @@ fn plan(slot: &mut Slot, token: &AccessToken) -> Option<Option<Start>> {
     if slot.consumer.strong_count() == 0 {
         return None;
     }
+    slot.needs_current = false;
     if slot.busy {
         slot.wants_current = true;
         return Some(None);
@@ -190,9 +191,9 @@ impl Fanout {
             let Some(pos) = consumers.iter().position(|s| s.id == id) else {
                 return;
             };
-            if consumers[pos].busy {
-                // A publish since it registered already gives it the current token: the one in
-                // flight, or the one `wants_current` queues.
+            if !consumers[pos].needs_current {
+                // A publish since it registered already planned the current token for it: in
+                // flight, queued by `wants_current`, or reported as lacking its grant.
                 return;
             }
             match plan(&mut consumers[pos], token) {
@@ -250,7 +251,8 @@ impl Fanout {
                     .push(
                         async move {
                             let call =
-                                AssertUnwindSafe(consumer.update_token(&token)).catch_unwind();
+                                AssertUnwindSafe(async { consumer.update_token(&token).await })
+                                    .catch_unwind();
                             let outcome = tokio::select! {
                                 biased;
                                 result = call => match result {

@@ -200,6 +200,7 @@ impl AccessManager {
             required,
             busy: false,
             wants_current: false,
+            needs_current: true,
         });
         drop(consumers);
         self.shared().send(Command::Registered(id));

@@ -48,6 +48,8 @@ pub(crate) struct Slot {
     pub(crate) busy: bool,
     /// The current token has not been delivered yet (it is, once the delivery in flight ends).
     pub(crate) wants_current: bool,
+    /// Registered, and no token planned for it yet: the `Registered` command delivers one.
+    pub(crate) needs_current: bool,
 }
 
 pub(crate) struct Shared {
@@ -69,8 +71,10 @@ pub(crate) struct Shared {
 
 /// `t + d`, saturating far in the future instead of overflowing (a huge timeout never fires).
 pub(crate) fn after(t: SystemTime, d: Duration) -> SystemTime {
+    // A century on is "never" for a token that lives a day, and every platform's clock holds it.
     t.checked_add(d)
-        .unwrap_or_else(|| UNIX_EPOCH + Duration::from_secs(i64::MAX as u64 / 2))
+        .or_else(|| t.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(t)
 }
 
 /// `t` moved by `secs` seconds (either way), saturating at the representable ends.

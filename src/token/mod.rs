@@ -118,20 +118,24 @@ impl Inner {
 
     /// Builds the grants from the payload, which [`read::read`] has already checked.
     fn build_grants(&self) -> Grants {
+        // The `grants` value is read on its own, as the check read it: read as part of the whole
+        // payload it would sit one level deeper, and serde_json's nesting limit could then refuse
+        // what the check accepted.
         #[derive(Deserialize)]
-        struct GrantsClaim {
-            grants: Grants,
+        struct GrantsClaim<'a> {
+            #[serde(borrow)]
+            grants: &'a serde_json::value::RawValue,
         }
         let payload = &self.jwt[usize::from(self.payload_dot) + 1..usize::from(self.sig_dot)];
-        let grants = URL_SAFE_NO_PAD
-            .decode(payload)
-            .ok()
-            .and_then(|json| serde_json::from_slice::<GrantsClaim>(&json).ok());
+        let grants = URL_SAFE_NO_PAD.decode(payload).ok().and_then(|json| {
+            let claim = serde_json::from_slice::<GrantsClaim<'_>>(&json).ok()?;
+            serde_json::from_str::<Grants>(claim.grants.get()).ok()
+        });
         // The grants check (`shape`) accepts exactly what `Grants` deserialises; tests hold the two
         // together, so a failure here is a bug in this crate, not a bad token: say so, and keep
         // what parse already read rather than panic.
         match grants {
-            Some(claim) => claim.grants,
+            Some(grants) => grants,
             None => {
                 tracing::error!("token grants could not be read back; reporting the identity only");
                 Grants {

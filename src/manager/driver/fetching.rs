@@ -52,7 +52,9 @@ impl Driver {
                 None => None,
             };
             let expired = clock.sleep_until(after(clock.now(), timeout));
-            let call = AssertUnwindSafe(fetcher.fetch_token(request)).catch_unwind();
+            // The call itself is inside the caught future: a fetcher may panic before returning one.
+            let call =
+                AssertUnwindSafe(async move { fetcher.fetch_token(request).await }).catch_unwind();
             tokio::select! {
                 biased;
                 result = call => result.unwrap_or_else(|panic| Err(FetchError::transient(format!(
@@ -66,6 +68,7 @@ impl Driver {
         self.fetch = Some(InFlight {
             future: tracing::Instrument::instrument(future, span).boxed(),
             waiters: Vec::new(),
+            started_generation: self.generation,
         });
     }
 
@@ -76,7 +79,7 @@ impl Driver {
         let now = self.shared.clock.now();
         let outcome = match result {
             Err(e) => Err(RefreshError::Fetch(Arc::new(e))),
-            Ok(jwt) => self.offer_fetched(jwt, now),
+            Ok(jwt) => self.offer_fetched(jwt, now, fetch.started_generation),
         };
         match outcome {
             Ok((token, changed)) => {
@@ -118,7 +121,12 @@ impl Driver {
         self.shared
             .estimated_offset
             .store(offset, Ordering::Release);
-        if self.estimate_clock_skew && offset.unsigned_abs() <= MAX_SKEW.as_secs() {
+        let nearly_expired = token.remaining_at(now) < self.refresh_ahead;
+        // A token issued in the past with plenty left is a backend's cached token, not a device
+        // ahead of the issuer: only a token that also looks (nearly) expired here moves the clock
+        // back, or a cached token would be scheduled past its real expiry.
+        let applicable = offset >= 0 || nearly_expired;
+        if self.estimate_clock_skew && applicable && offset.unsigned_abs() <= MAX_SKEW.as_secs() {
             // Within a couple of seconds the clocks agree: keep exact local scheduling.
             let applied = if offset.unsigned_abs() <= 2 {
                 0
@@ -131,7 +139,6 @@ impl Driver {
         // device: it is ahead (or the backend hands out stale tokens; worth saying either way).
         // Issued long ago with plenty left is a backend's cached token, not a wrong clock.
         let threshold = SKEW_REPORT_THRESHOLD.as_secs() as i64;
-        let nearly_expired = token.remaining_at(now) < self.refresh_ahead;
         let suspicious = offset > threshold || (offset < -threshold && nearly_expired);
         if suspicious && !self.skew_reported {
             self.skew_reported = true;
@@ -146,9 +153,11 @@ impl Driver {
         }
     }
 
-    /// With skew estimation on, a fetched token that expires before the one held is not taken.
-    fn is_stale(&self, token: &AccessToken) -> bool {
-        self.estimate_clock_skew
+    /// A fetched token that expires before the one held is not taken when a newer token was
+    /// installed while the fetch ran (the app pushed one), or when skew estimation is on (a stale
+    /// token from the backend must not pass for a fresh one).
+    fn is_stale(&self, token: &AccessToken, started_generation: u64) -> bool {
+        (self.estimate_clock_skew || self.generation != started_generation)
             && self
                 .current
                 .as_ref()
@@ -161,6 +170,7 @@ impl Driver {
         &mut self,
         jwt: String,
         now: SystemTime,
+        started_generation: u64,
     ) -> Result<(AccessToken, bool), RefreshError> {
         let rejected = |driver: &Self, e: UpdateError| {
             driver.reject(&e);
@@ -174,7 +184,7 @@ impl Driver {
             Err(e) => return Err(rejected(self, UpdateError::Invalid(e))),
         };
         self.observe_issuer_clock(&token, now);
-        if self.is_stale(&token) {
+        if self.is_stale(&token, started_generation) {
             tracing::warn!("fetched token expires before the token held; keeping the held one");
             if let Some(c) = &self.current {
                 return Ok((c.token.clone(), false));
@@ -198,6 +208,8 @@ impl Driver {
                 .backoff
                 .delay(self.failures, &mut self.rng)
                 .max(retry_after.unwrap_or(Duration::ZERO))
+                // A zero backoff must not spin the driver on a fetcher that fails at once.
+                .max(MIN_RETRY_WAIT)
                 // No token lives longer; and `now + Duration::MAX` would panic the driver.
                 .min(MAX_LIFETIME);
             let mut at = after(now, wait);

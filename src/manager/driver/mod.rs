@@ -25,6 +25,8 @@ mod fetching;
 
 /// The shortest wait before an automatic fetch after a token arrived (behaviour 7).
 const MIN_FETCH_SPACING: Duration = Duration::from_secs(1);
+/// The shortest wait between two automatic attempts, whatever the backoff says.
+const MIN_RETRY_WAIT: Duration = Duration::from_millis(100);
 /// The largest issuer clock offset the skew estimate applies.
 const MAX_SKEW: Duration = Duration::from_secs(86_400);
 /// An issuer clock offset above this is reported once as `ClockSkewSuspected`.
@@ -51,6 +53,8 @@ type FetchReply = oneshot::Sender<Result<AccessToken, RefreshError>>;
 struct InFlight {
     future: BoxFuture<'static, Result<String, FetchError>>,
     waiters: Vec<FetchReply>,
+    /// The token generation when the fetch started: a token installed since is newer news.
+    started_generation: u64,
 }
 
 /// Where an offered token came from.
@@ -169,10 +173,11 @@ impl Driver {
             return;
         }
         self.stopped = true;
-        self.fetch = None;
-        self.fetcher = None;
+        // Dropping these runs user code (a fetch future's or the fetcher's `Drop`): a panic there
+        // must not keep the manager from closing, or `shutdown()` would wait forever.
+        let owned = (self.fetch.take(), self.fetcher.take(), self.sleep.take());
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(owned)));
         self.fanout.abandon();
-        self.sleep = None;
         self.current = None;
         self.shared.close();
     }

@@ -1,0 +1,267 @@
+//! Plugins that misbehave in unusual places, and races between the app and the fetcher: the
+//! manager keeps its token, its consumers and its promise to close.
+
+mod common;
+
+use access_manager::clock::ManualClock;
+use access_manager::{
+    AccessManager, AccessToken, Backoff, ConsumerError, Event, FetchError, FetchRequest, GrantKind,
+    TokenConsumer, TokenFetcher,
+};
+use async_trait::async_trait;
+use common::*;
+use futures::FutureExt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// A fetch that never ends and panics when dropped.
+struct PanicsWhenDropped;
+impl Drop for PanicsWhenDropped {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("the fetch future panics when dropped");
+        }
+    }
+}
+struct HangingFetcher;
+#[async_trait]
+impl TokenFetcher for HangingFetcher {
+    async fn fetch_token(&self, _request: FetchRequest) -> Result<String, FetchError> {
+        let _guard = PanicsWhenDropped;
+        std::future::pending::<()>().await;
+        unreachable!()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn shutdown_returns_even_when_dropping_the_fetch_in_flight_panics() {
+    let (manager, mut events) = AccessManager::builder()
+        .clock(clock())
+        .fetcher(HangingFetcher)
+        .build_with_events()
+        .unwrap();
+    settle().await; // the initial fetch is in flight
+    manager.shutdown().await;
+    assert!(manager.is_closed());
+    assert!(matches!(next(&mut events).await, Event::Closed));
+    assert!(matches!(
+        manager.update_token(mint("alice", T0, 3600)).await,
+        Err(access_manager::UpdateError::Closed)
+    ));
+}
+
+/// A consumer (hand-written, not `async_trait`) that panics before it returns its future.
+struct PanicsBeforeItsFuture;
+impl TokenConsumer for PanicsBeforeItsFuture {
+    fn name(&self) -> &str {
+        "sync-panic"
+    }
+    fn update_token<'a, 'b, 'c>(
+        &'a self,
+        _token: &'b AccessToken,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ConsumerError>> + Send + 'c>>
+    where
+        'a: 'c,
+        'b: 'c,
+        Self: 'c,
+    {
+        panic!("panics before returning a future")
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_consumer_panicking_before_returning_its_future_harms_no_one() {
+    let manager = AccessManager::builder().clock(clock()).build().unwrap();
+    let bad = Arc::new(PanicsBeforeItsFuture);
+    let good = Recorder::new("chat", Mode::Accept);
+    manager.register(&bad);
+    manager.register(&good);
+    let report = manager.update_token(mint("alice", T0, 3600)).await.unwrap();
+    let failed: Vec<_> = report.failed().map(|(name, _)| name.to_string()).collect();
+    assert_eq!(failed, ["sync-panic"]);
+    assert_eq!(good.seen().len(), 1);
+    assert!(!manager.is_closed());
+}
+
+/// A fetcher that panics before returning its future.
+struct FetcherPanicsBeforeItsFuture(AtomicUsize);
+impl TokenFetcher for FetcherPanicsBeforeItsFuture {
+    fn fetch_token<'a, 'b>(
+        &'a self,
+        _request: FetchRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<String, FetchError>> + Send + 'b>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        panic!("fetcher panics before returning a future")
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_fetcher_panicking_before_returning_its_future_is_a_transient_failure() {
+    let (manager, mut events) = AccessManager::builder()
+        .clock(clock())
+        .fetcher(FetcherPanicsBeforeItsFuture(AtomicUsize::new(0)))
+        .build_with_events()
+        .unwrap();
+    match next(&mut events).await {
+        Event::RefreshFailed { error, .. } => assert!(error.contains("panicked"), "{error}"),
+        other => panic!("expected RefreshFailed, got {other:?}"),
+    }
+    assert!(!manager.is_closed());
+}
+
+struct NeedsVoice;
+#[async_trait]
+impl TokenConsumer for NeedsVoice {
+    fn name(&self) -> &str {
+        "voice"
+    }
+    fn required_grant(&self) -> Option<GrantKind> {
+        Some(GrantKind::Voice)
+    }
+    async fn update_token(&self, _token: &AccessToken) -> Result<(), ConsumerError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_consumer_registered_as_a_token_arrives_is_reported_once_for_it() {
+    let (manager, mut events) = AccessManager::builder()
+        .clock(clock())
+        .build_with_events()
+        .unwrap();
+    let chat_only = AccessToken::builder(ACCOUNT, KEY, SECRET)
+        .identity("alice")
+        .issued_at(at(T0))
+        .grant(access_manager::grants::ChatGrant::default())
+        .to_jwt()
+        .unwrap();
+    // The update and the registration reach the driver in one turn.
+    let _ = manager.update_token(&chat_only).now_or_never();
+    let voice = Arc::new(NeedsVoice);
+    manager.register(&voice);
+    let seen = drain(&mut events).await;
+    let failures = seen
+        .iter()
+        .filter(|e| matches!(e, Event::ConsumerFailed { .. }))
+        .count();
+    assert_eq!(failures, 1, "{seen:?}");
+}
+
+/// A fetcher answered by the test through a oneshot.
+struct GatedFetcher(Mutex<Option<oneshot::Receiver<String>>>);
+#[async_trait]
+impl TokenFetcher for GatedFetcher {
+    async fn fetch_token(&self, _request: FetchRequest) -> Result<String, FetchError> {
+        let gate = self.0.lock().unwrap().take();
+        match gate {
+            Some(gate) => Ok(gate.await.unwrap()),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_late_fetch_does_not_replace_a_newer_token_the_app_pushed() {
+    let (answer, gate) = oneshot::channel();
+    let manager = AccessManager::builder()
+        .clock(clock())
+        .fetcher(GatedFetcher(Mutex::new(Some(gate))))
+        .build()
+        .unwrap();
+    settle().await; // the initial fetch is in flight
+    let pushed = mint("alice", T0, 3600);
+    manager.update_token(&pushed).await.unwrap();
+    answer.send(mint("alice", T0 - 3000, 3600)).unwrap(); // expires 50 min earlier
+    settle().await;
+    assert_eq!(manager.token().unwrap().as_str(), pushed);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn skew_estimation_leaves_a_backends_cached_token_on_the_device_clock() {
+    let clock: ManualClock = clock();
+    let fetched = Arc::new(AtomicUsize::new(0));
+    let fetcher = {
+        let fetched = fetched.clone();
+        access_manager::fetcher_fn(move |_| {
+            let n = fetched.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    // Minted 50 min ago, 10 min left: cached by the backend, not a skewed clock.
+                    Ok(mint("alice", T0 - 3000, 3600))
+                } else {
+                    std::future::pending().await
+                }
+            }
+        })
+    };
+    let manager = AccessManager::builder()
+        .clock(clock.clone())
+        .fetcher(fetcher)
+        .estimate_clock_skew(true)
+        .build()
+        .unwrap();
+    settle().await;
+    // Its refresh is due at exp - 180 s on the device clock, 420 s from now.
+    clock.advance(secs(420));
+    settle().await;
+    assert_eq!(
+        fetched.load(Ordering::SeqCst),
+        2,
+        "refresh not started in time"
+    );
+    clock.advance(secs(180));
+    assert!(manager.is_expired());
+}
+
+#[test]
+fn a_zero_backoff_does_not_spin_the_driver() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let clock = clock();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let fetcher = {
+        let calls = calls.clone();
+        access_manager::fetcher_fn(move |_| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err::<String, _>(FetchError::transient("down")) }
+        })
+    };
+    runtime.block_on(async {
+        let manager = AccessManager::builder()
+            .clock(clock.clone())
+            .fetcher(fetcher)
+            .backoff(Backoff::new(secs(0), secs(0)))
+            .build()
+            .unwrap();
+        // The fake clock stands still: one attempt, then a wait of at least 100 ms. (A spinning
+        // driver, on the other worker, would make thousands of attempts meanwhile.)
+        let until = |n: usize| {
+            let calls = calls.clone();
+            async move {
+                for _ in 0..100_000 {
+                    if calls.load(Ordering::SeqCst) >= n {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                for _ in 0..1000 {
+                    tokio::task::yield_now().await;
+                }
+                calls.load(Ordering::SeqCst)
+            }
+        };
+        assert_eq!(until(1).await, 1);
+        clock.advance(std::time::Duration::from_millis(100));
+        assert_eq!(until(2).await, 2);
+        manager.shutdown().await;
+    });
+}
