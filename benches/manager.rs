@@ -20,7 +20,7 @@
 //! The peer's figures (twilio-common 0.1.7 on node) are in `benches/peer/README.md`;
 //! `benches/ratios.sh` prints the ratios from criterion's output.
 
-use access_manager::{AccessManager, AccessToken, ConsumerError, TokenConsumer};
+use access_manager::{AccessManager, AccessToken};
 use arc_swap::ArcSwapOption;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -105,18 +105,9 @@ fn current_thread() -> Runtime {
         .unwrap()
 }
 
-#[derive(Debug)]
-struct NoOp;
-
-#[async_trait::async_trait]
-impl TokenConsumer for NoOp {
-    fn name(&self) -> &str {
-        "noop"
-    }
-    async fn update_token(&self, _token: &AccessToken) -> Result<(), ConsumerError> {
-        Ok(())
-    }
-}
+#[path = "support/noop_consumer.rs"]
+mod noop_consumer;
+use noop_consumer::NoOp;
 
 /// The read sources, all holding the same token.
 struct Sources {

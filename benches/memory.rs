@@ -4,7 +4,7 @@
 //!
 //! `cargo bench --bench memory` (N managers, default 100 000: `MEMORY_N=10000` for a quick run).
 
-use access_manager::{AccessManager, AccessToken, ConsumerError, TokenConsumer};
+use access_manager::AccessManager;
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
 #[path = "support/peer_token.rs"]
@@ -20,18 +20,9 @@ static GLOBAL: Counting = Counting;
 /// The peer's live heap per manager holding a token, bytes (see benches/peer/README.md).
 const PEER_BYTES: f64 = 4170.0;
 
-#[derive(Debug)]
-struct NoOp;
-
-#[async_trait::async_trait]
-impl TokenConsumer for NoOp {
-    fn name(&self) -> &str {
-        "noop"
-    }
-    async fn update_token(&self, _token: &AccessToken) -> Result<(), ConsumerError> {
-        Ok(())
-    }
-}
+#[path = "support/noop_consumer.rs"]
+mod noop_consumer;
+use noop_consumer::NoOp;
 
 fn main() {
     let n: usize = std::env::var("MEMORY_N")

@@ -39,18 +39,7 @@ async fn b5_without_a_token_the_manager_fetches_at_once_and_early_callers_join_t
     assert_eq!(call.request.attempt(), 1);
     assert!(call.request.current().is_none());
 
-    let waiting: Vec<_> = (0..3)
-        .map(|i| {
-            let m = manager.clone();
-            tokio::spawn(async move {
-                if i % 2 == 0 {
-                    m.refresh().await
-                } else {
-                    m.fresh_token(secs(60)).await
-                }
-            })
-        })
-        .collect();
+    let waiting = spawn_refreshers(&manager, 3, secs(60));
     settle().await;
     let jwt = mint("alice", T0, 3600);
     call.ok(jwt.clone());
@@ -252,18 +241,7 @@ async fn b6_sixty_four_concurrent_refresh_and_fresh_token_calls_make_one_fetch()
         .initial_token(mint("alice", T0, 3600))
         .build()
         .unwrap();
-    let callers: Vec<_> = (0..64)
-        .map(|i| {
-            let m = manager.clone();
-            tokio::spawn(async move {
-                if i % 2 == 0 {
-                    m.refresh().await
-                } else {
-                    m.fresh_token(secs(7200)).await
-                }
-            })
-        })
-        .collect();
+    let callers = spawn_refreshers(&manager, 64, secs(7200));
     let call = calls.next().await;
     assert_eq!(call.request.reason(), FetchReason::Manual);
     settle().await;

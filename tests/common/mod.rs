@@ -414,3 +414,24 @@ pub fn consumer_failures(events: &[Event]) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// `n` tasks asking for a token at once: the even ones through `refresh()`, the odd ones through
+/// `fresh_token(min_remaining)`.
+pub fn spawn_refreshers(
+    manager: &access_manager::AccessManager,
+    n: usize,
+    min_remaining: Duration,
+) -> Vec<tokio::task::JoinHandle<Result<AccessToken, access_manager::RefreshError>>> {
+    (0..n)
+        .map(|i| {
+            let m = manager.clone();
+            tokio::spawn(async move {
+                if i % 2 == 0 {
+                    m.refresh().await
+                } else {
+                    m.fresh_token(min_remaining).await
+                }
+            })
+        })
+        .collect()
+}
