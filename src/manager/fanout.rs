@@ -306,8 +306,8 @@ impl Fanout {
                     let slot = &mut consumers[pos];
                     slot.busy = false;
                     if std::mem::take(&mut slot.wants_current) {
-                        let current = shared.current.load_full();
-                        match current.as_deref() {
+                        let current = shared.current.load();
+                        match current.as_ref() {
                             Some(token) => match plan(slot, token) {
                                 None => {
                                     consumers.swap_remove(pos);

@@ -1,5 +1,6 @@
 //! The [`AccessManager`] handle and its [`AccessManagerBuilder`].
 
+mod current;
 mod driver;
 pub(crate) mod error;
 mod fanout;
@@ -61,13 +62,20 @@ impl AccessManager {
 
     /// The current token (possibly expired; see [`is_expired`](Self::is_expired)), or `None` before
     /// the first one. Lock-free: never blocks, never awaits.
+    ///
+    /// Each thread remembers the token it last read from a manager (a small table per thread, eight
+    /// entries shared by all managers), so a repeated read is one atomic load and one reference
+    /// count increment. A replaced token therefore stays in memory until the reading thread next
+    /// reads that entry or ends; it is never returned once replaced.
     pub fn token(&self) -> Option<AccessToken> {
-        self.shared().current.load().as_deref().cloned()
+        self.shared().current.get()
     }
 
-    /// Calls `f` with the current token without cloning it. Lock-free.
+    /// Calls `f` with the current token without cloning it. Lock-free, and the fastest read: when the
+    /// thread's entry for this manager is current (see [`token`](Self::token)), no reference count
+    /// is touched. `f` may read managers itself.
     pub fn with_token<R>(&self, f: impl FnOnce(Option<&AccessToken>) -> R) -> R {
-        f(self.shared().current.load().as_deref())
+        self.shared().current.with(f)
     }
 
     /// The current token's identity.

@@ -1,12 +1,12 @@
 //! State shared by the handles and the driver task. Only the driver changes the token; handles
 //! read it lock-free and send the driver commands through the mailbox.
 
+use super::current::TokenCell;
 use super::error::{RefreshError, UpdateError, UpdateReport};
 use crate::clock::Clock;
 use crate::consumer::ConsumerId;
 use crate::event::{Event, Events};
 use crate::{AccessToken, GrantKind, TokenConsumer, TokenError};
-use arc_swap::ArcSwapOption;
 use futures_util::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -53,7 +53,7 @@ pub(crate) struct Slot {
 }
 
 pub(crate) struct Shared {
-    pub(crate) current: ArcSwapOption<AccessToken>,
+    pub(crate) current: TokenCell,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) mailbox: Mutex<Mailbox>,
     pub(crate) driver_waker: AtomicWaker,
@@ -96,7 +96,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     pub(crate) fn new(clock: Arc<dyn Clock>, event_capacity: usize) -> Self {
         Shared {
-            current: ArcSwapOption::empty(),
+            current: TokenCell::new(),
             clock,
             mailbox: Mutex::new(Mailbox::default()),
             driver_waker: AtomicWaker::new(),

@@ -45,7 +45,7 @@ pub struct AccessToken {
 /// What a manager holds per token, so it is kept small: the text, one string for the short
 /// claims, the times, and bits. The full [`Grants`] (a few hundred bytes with their strings) are
 /// built only when asked for.
-struct Inner {
+pub(crate) struct Inner {
     /// The token text, trimmed.
     jwt: Box<str>,
     /// The account SID, the API key SID, the region and the identity, one after the other: one
@@ -153,6 +153,23 @@ pub(crate) fn unix_secs(t: SystemTime) -> u64 {
 
 pub(crate) fn from_unix_secs(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs.min(MAX_UNIX_SECS))
+}
+
+/// The manager publishes a token's shared part as it is: no allocation per published token.
+impl AccessToken {
+    pub(crate) fn from_shared(inner: Arc<Inner>) -> AccessToken {
+        AccessToken { inner }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    /// Where the shared part lives: the same for every clone, and never another token's while
+    /// one clone is alive.
+    pub(crate) fn address(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
+    }
 }
 
 impl AccessToken {

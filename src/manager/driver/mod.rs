@@ -338,7 +338,7 @@ impl Driver {
         let will_expire_at = expires_at
             .checked_sub(self.refresh_ahead)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        self.shared.current.store(Some(Arc::new(token.clone())));
+        self.shared.current.publish(&token);
         if self.fetcher.is_some() {
             let mut at = after(will_expire_at, self.rng.up_to(self.refresh_jitter));
             if source == Source::Fetcher {
