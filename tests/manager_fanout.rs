@@ -331,20 +331,24 @@ async fn b9_a_consumer_registered_just_as_a_token_arrives_gets_it_once() {
     let clock = clock();
     let manager = manager(&clock);
     let jwt = mint("alice", T0, 3600);
-    // The update is queued for the manager before the registration; the manager handles both in
-    // one go.
+    // A registration not yet handled keeps the update queued behind it (commands run in order),
+    // so the update is queued for the manager before the second registration; the manager
+    // handles all three in one go.
+    let sync = Recorder::new("sync", Mode::Accept);
+    manager.register(&sync);
     let mut update = Box::pin(manager.update_token(&jwt));
     assert!(futures::poll!(&mut update).is_pending());
     let chat = Recorder::new("chat", Mode::Accept);
     manager.register(&chat);
     let report = update.await.unwrap();
-    assert_eq!(report.delivered(), 1);
+    assert_eq!(report.delivered(), 2);
     settle().await;
     assert_eq!(
         chat.seen(),
         [jwt.as_str()],
         "the same token delivered twice"
     );
+    assert_eq!(sync.seen(), [jwt.as_str()]);
 }
 
 #[tokio::test(flavor = "current_thread")]

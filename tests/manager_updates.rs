@@ -290,3 +290,42 @@ async fn b4_an_already_expired_update_is_rejected_and_the_timeline_goes_on() {
     assert!(manager.token().is_none());
     assert_eq!(kinds(&drain(&mut events).await), ["rejected"]);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_update_with_no_consumer_to_wait_for_is_answered_at_its_first_poll() {
+    let clock = clock();
+    let manager = manager_with(&clock, &mint("alice", T0, 3600));
+    let next = mint("alice", T0 + 1, 3600);
+    let mut update = Box::pin(manager.update_token(&next));
+    // No task switch to the manager's task: the caller runs the idle driver's turn itself.
+    match futures::poll!(&mut update) {
+        std::task::Poll::Ready(report) => assert!(report.unwrap().changed()),
+        std::task::Poll::Pending => panic!("an update with nothing to wait for was left pending"),
+    }
+    assert_eq!(manager.token().unwrap().as_str(), next);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_update_run_by_the_caller_re_arms_an_earlier_timer_on_the_managers_task() {
+    let clock = clock();
+    let manager = AccessManager::builder()
+        .clock(clock.clone())
+        .initial_token(mint("alice", T0, 3600))
+        .build()
+        .unwrap();
+    let mut events = manager.subscribe();
+    settle().await; // the task has armed WillExpire for T0 + 3420
+                    // A shorter token: its WillExpire (T0 + 420) is due long before the timer armed.
+    manager.update_token(mint("alice", T0, 600)).await.unwrap();
+    assert_eq!(kinds(&drain(&mut events).await), ["updated"]);
+    clock.set(at(T0 + 419));
+    assert!(drain(&mut events).await.is_empty(), "WillExpire early");
+    clock.advance(secs(1));
+    assert_eq!(
+        kinds(&drain(&mut events).await),
+        ["will_expire"],
+        "WillExpire of the new token not fired at its instant"
+    );
+    clock.set(at(T0 + 600));
+    assert_eq!(kinds(&drain(&mut events).await), ["expired"]);
+}

@@ -120,6 +120,11 @@ impl Fanout {
         self.trackers.clear();
     }
 
+    /// Whether deliveries are in flight.
+    pub(super) fn is_busy(&self) -> bool {
+        self.deliveries.is_some()
+    }
+
     /// A finished delivery, if any.
     pub(super) fn poll_delivered(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivered>> {
         let Some(deliveries) = &mut self.deliveries else {

@@ -137,8 +137,11 @@ impl AccessManager {
             }
         };
         let (reply, answer) = oneshot::channel();
-        if !self.shared().send(Command::Update { token, reply }) {
-            return Err(UpdateError::Closed);
+        // Without consumers to wait for, an idle driver answers before this returns.
+        if let Err(command) = driver::run_inline(self.shared(), Command::Update { token, reply }) {
+            if !self.shared().send(command) {
+                return Err(UpdateError::Closed);
+            }
         }
         answer.await.unwrap_or(Err(UpdateError::Closed))
     }
@@ -453,7 +456,8 @@ impl AccessManagerBuilder {
         let shared = Arc::new(Shared::new(clock, self.event_capacity));
         let events = subscribe.then(|| shared.subscribe());
         let driver = driver::Driver::new(self, shared.clone(), initial);
-        runtime.spawn(driver);
+        *lock(&shared.driver) = Some(driver);
+        runtime.spawn(driver::DriverTask(shared.clone()));
         let manager = AccessManager {
             handle: Arc::new(Handle { shared }),
         };

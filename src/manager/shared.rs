@@ -2,6 +2,7 @@
 //! read it lock-free and send the driver commands through the mailbox.
 
 use super::current::TokenCell;
+use super::driver::Driver;
 use super::error::{RefreshError, UpdateError, UpdateReport};
 use crate::clock::Clock;
 use crate::consumer::ConsumerId;
@@ -53,6 +54,8 @@ pub(crate) struct Slot {
 }
 
 pub(crate) struct Shared {
+    /// The driver, polled by its task or, when idle, run by a handle; `None` once it has stopped.
+    pub(crate) driver: Mutex<Option<Driver>>,
     pub(crate) current: TokenCell,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) mailbox: Mutex<Mailbox>,
@@ -96,6 +99,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     pub(crate) fn new(clock: Arc<dyn Clock>, event_capacity: usize) -> Self {
         Shared {
+            driver: Mutex::new(None),
             current: TokenCell::new(),
             clock,
             mailbox: Mutex::new(Mailbox::default()),

@@ -92,26 +92,69 @@ pub(super) struct Driver {
 
 static SEED_COUNTER: AtomicU64 = AtomicU64::new(0x5EED);
 
-/// The driver is its own future (no async-fn state machine around it): a manager's task costs
-/// little more than the driver's fields.
-impl Future for Driver {
+/// The manager's task: polls the driver, which lives in [`Shared`] so that a handle can run a
+/// command itself when the driver is idle ([`run_inline`]). Costs one pointer more than the driver.
+pub(super) struct DriverTask(pub(super) Arc<Shared>);
+
+impl Future for DriverTask {
     type Output = ();
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let shared = &self.0;
         // Registered before reading the mailbox: a command queued after this wakes the task.
-        self.shared.driver_waker.register(cx.waker());
-        let this = &mut *self;
-        match this.step(cx) {
-            Poll::Ready(()) => {
-                this.stop();
-                Poll::Ready(())
-            }
-            Poll::Pending => Poll::Pending,
+        shared.driver_waker.register(cx.waker());
+        let mut slot = lock(&shared.driver);
+        let Some(driver) = slot.as_mut() else {
+            return Poll::Ready(());
+        };
+        if driver.step(cx).is_pending() {
+            return Poll::Pending;
         }
+        // Stopped outside the lock: the driver's `Drop` closes the manager and drops user code.
+        let driver = slot.take();
+        drop(slot);
+        drop(driver);
+        Poll::Ready(())
     }
 }
 
-/// However the task ends (shutdown, the runtime dropping it, a bug's panic), the manager closes.
+/// However the task ends (shutdown, the runtime dropping it, a bug's panic), the manager closes,
+/// and the driver's `Arc` of the shared state goes with it.
+impl Drop for DriverTask {
+    fn drop(&mut self) {
+        let driver = lock(&self.0.driver).take();
+        drop(driver);
+    }
+}
+
+/// Runs `command` on the caller's thread when the driver is idle (no poll under way, nothing
+/// queued), so that the caller has its answer without waiting for the driver's task; the task is
+/// woken only when the command left it something to do. Gives the command back otherwise.
+pub(super) fn run_inline(shared: &Shared, command: Command) -> Result<(), Command> {
+    let Ok(mut slot) = shared.driver.try_lock() else {
+        return Err(command);
+    };
+    let Some(driver) = slot.as_mut() else {
+        return Err(command);
+    };
+    {
+        let mailbox = lock(&shared.mailbox);
+        // Queued commands go first: they wait for the task, and so does this one.
+        if mailbox.closed || mailbox.handles_gone || !mailbox.queue.is_empty() {
+            return Err(command);
+        }
+    }
+    // A turn of the driver's, as `step` takes it: timers first, then the command.
+    let now = shared.clock.now();
+    driver.on_time(now);
+    driver.on_command(command, now);
+    if driver.needs_poll() {
+        shared.driver_waker.wake();
+    }
+    Ok(())
+}
+
+/// The driver stops when it is dropped, whatever the reason.
 impl Drop for Driver {
     fn drop(&mut self) {
         self.stop();
@@ -249,6 +292,19 @@ impl Driver {
         match (timer, fetch) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether the task must run for what a command run inline started: a fetch or deliveries to
+    /// poll, or a timer due before the one armed.
+    fn needs_poll(&self) -> bool {
+        if self.fetch.is_some() || self.fanout.is_busy() {
+            return true;
+        }
+        match (self.next_deadline(), &self.sleep) {
+            (Some(deadline), Some((armed, _))) => deadline < *armed,
+            (Some(_), None) => true,
+            (None, _) => false,
         }
     }
 
