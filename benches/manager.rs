@@ -4,6 +4,11 @@
 //! - `token_read`: `AccessManager::token()` against `ArcSwapOption::load_full`, a
 //!   `parking_lot::RwLock<Option<AccessToken>>` read-and-clone, and the floor, a plain
 //!   `AccessToken::clone` (one `Arc` increment). Also `with_token`, which clones nothing.
+//! - `token_read_without_drop`: `token()` and the floor with the returned token dropped outside the
+//!   timing (criterion's `iter_with_large_drop`): the read alone, as the peer's loop reads a string
+//!   its garbage collector frees later.
+//! - `token_read_16_managers_in_turn`: one thread reading 16 managers in turn, more than the
+//!   per-thread cache of `token()` holds: the cost of its misses.
 //! - `token_read_2_threads`: the same reads, two threads reading one source at once (time per read
 //!   per thread).
 //! - `update_token`: an awaited `update_token` alternating two valid tokens (each one a change)
@@ -156,6 +161,32 @@ fn token_read(c: &mut Criterion<Stopwatch>) {
         b.iter(|| black_box(&s.manager).with_token(|t| t.map(|t| t.expires_at())))
     });
     group.finish();
+
+    // The read alone: criterion drops the returned tokens after the timing (`iter_with_large_drop`),
+    // as the peer's garbage collector frees its strings outside its loop.
+    let mut group = c.benchmark_group("token_read_without_drop");
+    for (name, read) in [READS[0], READS[3]] {
+        group.bench_function(name, |b| b.iter_with_large_drop(|| read(black_box(&s))));
+    }
+    group.finish();
+
+    // Reading 16 managers in turn on one thread: more than the per-thread cache holds, so most
+    // reads miss it and load from the manager's `ArcSwapOption`.
+    let many: Vec<Sources> = (0..16).map(|_| sources(&rt)).collect();
+    let mut group = c.benchmark_group("token_read_16_managers_in_turn");
+    for (name, read) in [READS[0], READS[1], READS[3]] {
+        group.bench_function(name, |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % many.len();
+                read(black_box(&many[i]))
+            })
+        });
+    }
+    group.finish();
+    for s in &many {
+        rt.block_on(s.manager.shutdown());
+    }
 
     // Two threads reading the same source: wall time of `iters` reads on each, from a common start.
     let mut group = c.benchmark_group("token_read_2_threads");

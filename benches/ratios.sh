@@ -23,6 +23,13 @@ floor=$(ns "token_read/AccessToken__clone (floor)")
 for b in "AccessManager__token" "ArcSwapOption__load_full" "RwLock__read_clone" "AccessManager__with_token(expires_at)"; do
     row "token_read/$b vs Arc clone" "$(ns "token_read/$b")" "$floor" "$PEER_READ"
 done
+row "token_read_without_drop/AccessManager__token vs Arc clone" \
+    "$(ns "token_read_without_drop/AccessManager__token")" \
+    "$(ns "token_read_without_drop/AccessToken__clone (floor)")" "$PEER_READ"
+floor16=$(ns "token_read_16_managers_in_turn/AccessToken__clone (floor)")
+for b in "AccessManager__token" "ArcSwapOption__load_full"; do
+    row "token_read_16_managers_in_turn/$b vs Arc clone" "$(ns "token_read_16_managers_in_turn/$b")" "$floor16" 0
+done
 floor2=$(ns "token_read_2_threads/AccessToken__clone (floor)")
 for b in "AccessManager__token" "ArcSwapOption__load_full" "RwLock__read_clone"; do
     row "token_read_2_threads/$b vs Arc clone" "$(ns "token_read_2_threads/$b")" "$floor2" 0
