@@ -7,14 +7,6 @@ use access_manager::AccessManager;
 use common::*;
 use std::sync::Arc;
 
-fn manager(clock: &access_manager::clock::ManualClock, jwt: &str) -> AccessManager {
-    AccessManager::builder()
-        .clock(clock.clone())
-        .initial_token(jwt)
-        .build()
-        .unwrap()
-}
-
 fn text(manager: &AccessManager) -> Option<String> {
     manager.token().map(|t| t.as_str().to_owned())
 }
@@ -27,7 +19,7 @@ fn text_borrowed(manager: &AccessManager) -> Option<String> {
 async fn a_replaced_token_is_never_read_again_on_a_thread_that_read_it() {
     let clock = clock();
     let first = mint("alice", T0, 3600);
-    let m = manager(&clock, &first);
+    let m = manager_holding(&clock, &first);
     assert_eq!(text(&m).as_deref(), Some(first.as_str()));
     assert_eq!(text_borrowed(&m).as_deref(), Some(first.as_str()));
     for i in 1..=20 {
@@ -61,7 +53,7 @@ async fn many_managers_sharing_one_threads_cache_each_read_their_own_token() {
     let mut managers: Vec<(AccessManager, String)> = (0..40)
         .map(|i| {
             let jwt = mint(&format!("user-{i}"), T0, 3600);
-            (manager(&clock, &jwt), jwt)
+            (manager_holding(&clock, &jwt), jwt)
         })
         .collect();
     for round in 0..3u64 {
@@ -85,7 +77,10 @@ async fn many_managers_sharing_one_threads_cache_each_read_their_own_token() {
 async fn reads_nested_inside_with_token_see_the_right_tokens() {
     let clock = clock();
     let (a_jwt, b_jwt) = (mint("alice", T0, 3600), mint("bob", T0, 3600));
-    let (a, b) = (manager(&clock, &a_jwt), manager(&clock, &b_jwt));
+    let (a, b) = (
+        manager_holding(&clock, &a_jwt),
+        manager_holding(&clock, &b_jwt),
+    );
     let seen = a.with_token(|outer| {
         let outer = outer.unwrap().as_str().to_owned();
         // Inside the callback: the same manager again, another one, and both ways of reading.
@@ -129,7 +124,7 @@ fn every_thread_reads_the_token_published_last() {
         .unwrap();
     let clock = clock();
     let first = mint("alice", T0, 3600);
-    let m = rt.block_on(async { manager(&clock, &first) });
+    let m = rt.block_on(async { manager_holding(&clock, &first) });
     let barrier = Arc::new(std::sync::Barrier::new(5));
     let readers: Vec<_> = (0..4)
         .map(|_| {
@@ -180,7 +175,7 @@ fn reads_from_a_thread_local_destructor_still_answer() {
         .build()
         .unwrap();
     let jwt = mint("alice", T0, 3600);
-    let m = rt.block_on(async { manager(&clock(), &jwt) });
+    let m = rt.block_on(async { manager_holding(&clock(), &jwt) });
     let out = Arc::new(std::sync::Mutex::new(None));
     let (m2, out2) = (m.clone(), out.clone());
     std::thread::spawn(move || {

@@ -5,19 +5,11 @@ mod common;
 use access_manager::{AccessManager, AccessToken, Event, TokenError, UpdateError};
 use common::*;
 
-fn manager_with(clock: &access_manager::clock::ManualClock, initial: &str) -> AccessManager {
-    AccessManager::builder()
-        .clock(clock.clone())
-        .initial_token(initial)
-        .build()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn b1_update_rejects_bad_tokens_and_leaves_state_timers_and_consumers_untouched() {
     let clock = clock();
     let held = mint("alice", T0, 3600);
-    let manager = manager_with(&clock, &held);
+    let manager = manager_holding(&clock, &held);
     let chat = Recorder::new("chat", Mode::Accept);
     manager.register(&chat);
     chat.wait_calls(1).await;
@@ -96,7 +88,7 @@ async fn b1_update_rejects_bad_tokens_and_leaves_state_timers_and_consumers_unto
 async fn b2_the_same_token_again_changes_nothing() {
     let clock = clock();
     let held = mint("alice", T0, 3600);
-    let manager = manager_with(&clock, &held);
+    let manager = manager_holding(&clock, &held);
     let chat = Recorder::new("chat", Mode::Accept);
     manager.register(&chat);
     chat.wait_calls(1).await;
@@ -294,7 +286,7 @@ async fn b4_an_already_expired_update_is_rejected_and_the_timeline_goes_on() {
 #[tokio::test(flavor = "current_thread")]
 async fn an_update_with_no_consumer_to_wait_for_is_answered_at_its_first_poll() {
     let clock = clock();
-    let manager = manager_with(&clock, &mint("alice", T0, 3600));
+    let manager = manager_holding(&clock, &mint("alice", T0, 3600));
     let next = mint("alice", T0 + 1, 3600);
     let mut update = Box::pin(manager.update_token(&next));
     // No task switch to the manager's task: the caller runs the idle driver's turn itself.
@@ -308,14 +300,11 @@ async fn an_update_with_no_consumer_to_wait_for_is_answered_at_its_first_poll() 
 #[tokio::test(flavor = "current_thread")]
 async fn an_update_run_by_the_caller_re_arms_an_earlier_timer_on_the_managers_task() {
     let clock = clock();
-    let manager = AccessManager::builder()
-        .clock(clock.clone())
-        .initial_token(mint("alice", T0, 3600))
-        .build()
-        .unwrap();
+    let manager = manager_holding(&clock, &mint("alice", T0, 3600));
     let mut events = manager.subscribe();
-    settle().await; // the task has armed WillExpire for T0 + 3420
-                    // A shorter token: its WillExpire (T0 + 420) is due long before the timer armed.
+    // The task has armed WillExpire for T0 + 3420.
+    settle().await;
+    // A shorter token: its WillExpire (T0 + 420) is due long before the timer armed.
     manager.update_token(mint("alice", T0, 600)).await.unwrap();
     assert_eq!(kinds(&drain(&mut events).await), ["updated"]);
     clock.set(at(T0 + 419));

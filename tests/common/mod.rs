@@ -33,6 +33,15 @@ pub fn clock() -> ManualClock {
     ManualClock::new(at(T0))
 }
 
+/// A manager on `clock` holding `jwt`, with nothing else configured.
+pub fn manager_holding(clock: &ManualClock, jwt: &str) -> access_manager::AccessManager {
+    access_manager::AccessManager::builder()
+        .clock(clock.clone())
+        .initial_token(jwt)
+        .build()
+        .unwrap()
+}
+
 pub fn builder(identity: &str, iat: u64, ttl: u64) -> AccessTokenBuilder {
     AccessToken::builder(ACCOUNT, KEY, SECRET)
         .identity(identity)
