@@ -265,3 +265,46 @@ fn a_zero_backoff_does_not_spin_the_driver() {
         manager.shutdown().await;
     });
 }
+
+/// A clock that panics on `now` once told to.
+#[derive(Debug, Clone)]
+struct BreakableClock(ManualClock, Arc<std::sync::atomic::AtomicBool>);
+impl access_manager::clock::Clock for BreakableClock {
+    fn now(&self) -> std::time::SystemTime {
+        if self.1.load(Ordering::SeqCst) {
+            panic!("the clock broke");
+        }
+        access_manager::clock::Clock::now(&self.0)
+    }
+    fn sleep_until(
+        &self,
+        deadline: std::time::SystemTime,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        self.0.sleep_until(deadline)
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_panic_in_a_turn_run_by_update_token_closes_the_manager_and_the_caller_gets_closed() {
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let manager = AccessManager::builder()
+        .clock(BreakableClock(clock(), broken.clone()))
+        .initial_token(mint("alice", T0, 3600))
+        .build()
+        .unwrap();
+    settle().await;
+    broken.store(true, Ordering::SeqCst);
+    // The manager is idle: the caller runs the driver's turn, and the clock panics in it.
+    let answer = std::panic::AssertUnwindSafe(manager.update_token(mint("alice", T0 + 1, 3600)))
+        .catch_unwind()
+        .await;
+    broken.store(false, Ordering::SeqCst);
+    settle().await;
+    let answer = answer.expect("the driver's panic reached update_token's caller");
+    assert!(
+        matches!(answer, Err(access_manager::UpdateError::Closed)),
+        "{answer:?}"
+    );
+    assert!(manager.is_closed());
+    manager.shutdown().await;
+}

@@ -250,7 +250,10 @@ impl Fanout {
                 // The timer is made only if the consumer does not answer at its first poll.
                 let clock = shared.clock.clone();
                 let sleep = async move { clock.sleep_until(deadline).await };
-                let span = tracing::debug_span!("deliver", consumer = %name, generation);
+                // A root span: an update run on the app's thread must not hang the delivery under
+                // (and keep open) whatever span the app was in.
+                let span =
+                    tracing::debug_span!(parent: None, "deliver", consumer = %name, generation);
                 self.deliveries
                     .get_or_insert_with(FuturesUnordered::new)
                     .push(

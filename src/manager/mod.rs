@@ -65,8 +65,8 @@ impl AccessManager {
     ///
     /// Each thread remembers the token it last read from a manager (a small table per thread, eight
     /// entries shared by all managers), so a repeated read is one atomic load and one reference
-    /// count increment. A replaced token therefore stays in memory until the reading thread next
-    /// reads that entry or ends; it is never returned once replaced.
+    /// count increment. A replaced token is never returned; it (or the token of a manager that is
+    /// gone) stays in memory until each thread that read it reads any manager again, or ends.
     pub fn token(&self) -> Option<AccessToken> {
         self.shared().current.get()
     }

@@ -44,7 +44,8 @@ impl Driver {
         let timeout = self.fetch_timeout;
         let limiter = self.limiter.clone();
         let clock = self.shared.clock.clone();
-        let span = tracing::info_span!("fetch", %reason, attempt);
+        // A root span, whether the driver's task or an app's call started the fetch.
+        let span = tracing::info_span!(parent: None, "fetch", %reason, attempt);
         let future = async move {
             // The timeout runs from when the shared limiter lets the fetch go.
             let _slot = match &limiter {

@@ -130,6 +130,9 @@ impl Drop for DriverTask {
 /// Runs `command` on the caller's thread when the driver is idle (no poll under way, nothing
 /// queued), so that the caller has its answer without waiting for the driver's task; the task is
 /// woken only when the command left it something to do. Gives the command back otherwise.
+///
+/// A panic in the turn (a bug, or the app's `Clock` panicking) closes the manager, as it would on
+/// the task: the driver is dropped, and the caller's reply with it (`Closed`).
 pub(super) fn run_inline(shared: &Shared, command: Command) -> Result<(), Command> {
     let Ok(mut slot) = shared.driver.try_lock() else {
         return Err(command);
@@ -145,11 +148,27 @@ pub(super) fn run_inline(shared: &Shared, command: Command) -> Result<(), Comman
         }
     }
     // A turn of the driver's, as `step` takes it: timers first, then the command.
-    let now = shared.clock.now();
-    driver.on_time(now);
-    driver.on_command(command, now);
-    if driver.needs_poll() {
-        shared.driver_waker.wake();
+    let turn = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let now = shared.clock.now();
+        driver.on_time(now);
+        driver.on_command(command, now);
+        driver.needs_poll()
+    }));
+    match turn {
+        Ok(wake) => {
+            drop(slot);
+            if wake {
+                shared.driver_waker.wake();
+            }
+        }
+        Err(_) => {
+            tracing::error!("the manager's driver panicked; the manager closes");
+            let driver = slot.take();
+            drop(slot);
+            // Its `Drop` closes the manager; the task then finds the slot empty and ends.
+            drop(driver);
+            shared.driver_waker.wake();
+        }
     }
     Ok(())
 }
