@@ -175,10 +175,12 @@ impl Fanout {
                 reply,
             });
         }
-        // One deadline for the whole publish: the deliveries all start now.
-        let deadline = after(shared.clock.now(), self.timeout);
-        for start in starts {
-            self.start(shared, start, token, generation, deadline);
+        if !starts.is_empty() {
+            // One deadline for the whole publish: the deliveries all start now.
+            let deadline = after(shared.clock.now(), self.timeout);
+            for start in starts {
+                self.start(shared, start, token, generation, deadline);
+            }
         }
         self.answer_finished();
     }
