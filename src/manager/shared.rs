@@ -1,5 +1,6 @@
 //! State shared by the handles and the driver task. Only the driver changes the token; handles
-//! read it lock-free and send the driver commands through the mailbox.
+//! read it lock-free and send the driver commands through the mailbox (or, for `update_token` when
+//! the driver is idle, run its turn themselves: see `driver::run_inline`).
 
 use super::current::TokenCell;
 use super::driver::Driver;

@@ -1,4 +1,6 @@
-//! The manager's background task: the only place the token, the timers and the fetch change.
+//! The driver: the only place the token, the timers and the fetch change. Its task polls it; when
+//! it is idle, `update_token` runs its turn on the caller's thread under the same lock
+//! ([`run_inline`]), so its changes stay one sequence either way.
 
 use super::error::{RefreshError, UpdateError, UpdateReport};
 use super::fanout::{panic_message, Fanout, ReportReply};
