@@ -218,11 +218,7 @@ async fn consumers_that_panic_when_dropped_by_the_manager_harm_nothing() {
 async fn shutdown_with_a_panicking_in_drop_consumer_mid_delivery_still_closes_cleanly() {
     for by_drop in [false, true] {
         let clock = clock();
-        let manager = AccessManager::builder()
-            .clock(clock.clone())
-            .initial_token(mint("alice", T0, 3_600))
-            .build()
-            .unwrap();
+        let manager = manager_holding(&clock, &mint("alice", T0, 3_600));
         let mut events = manager.subscribe();
         let (consumer, trace) = Detached::with("doomed", true, true);
         manager.register(&consumer);
@@ -248,11 +244,7 @@ async fn shutdown_with_a_panicking_in_drop_consumer_mid_delivery_still_closes_cl
 async fn ten_thousand_consumers_each_get_every_token() {
     let clock = clock();
     let first = mint("alice", T0, 3_600);
-    let manager = AccessManager::builder()
-        .clock(clock.clone())
-        .initial_token(&first)
-        .build()
-        .unwrap();
+    let manager = manager_holding(&clock, &first);
     let consumers: Vec<_> = (0..10_000)
         .map(|i| {
             let c = Recorder::new(&format!("c{i}"), Mode::Accept);
@@ -284,11 +276,7 @@ async fn ten_thousand_consumers_each_get_every_token() {
 async fn sixteen_tasks_pushing_at_once_never_lose_the_valid_token() {
     let clock = clock();
     let first = mint("alice", T0, 3_600);
-    let manager = AccessManager::builder()
-        .clock(clock.clone())
-        .initial_token(&first)
-        .build()
-        .unwrap();
+    let manager = manager_holding(&clock, &first);
     let consumer = Recorder::new("chat", Mode::Accept);
     manager.register(&consumer);
     // Distinct valid tokens (by expiry), and garbage in between.
@@ -361,11 +349,7 @@ async fn sixteen_tasks_pushing_at_once_never_lose_the_valid_token() {
 async fn a_consumer_panicking_in_drop_at_shutdown_does_not_keep_other_consumers_alive() {
     for doomed_first in [true, false] {
         let clock = clock();
-        let manager = AccessManager::builder()
-            .clock(clock.clone())
-            .initial_token(mint("alice", T0, 3_600))
-            .build()
-            .unwrap();
+        let manager = manager_holding(&clock, &mint("alice", T0, 3_600));
         let (doomed, doomed_trace) = Detached::with("doomed", true, true);
         let (fine, fine_trace) = Detached::with("fine", true, false);
         if doomed_first {

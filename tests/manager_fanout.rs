@@ -16,14 +16,6 @@ fn manager(clock: &ManualClock) -> AccessManager {
         .unwrap()
 }
 
-fn manager_holding(clock: &ManualClock, jwt: &str) -> AccessManager {
-    AccessManager::builder()
-        .clock(clock.clone())
-        .initial_token(jwt)
-        .build()
-        .unwrap()
-}
-
 /// Starts `update_token` on its own task (it waits for the consumers) and lets the manager run.
 async fn spawn_update(
     manager: &AccessManager,
