@@ -205,10 +205,13 @@ mod tests {
 
     /// Another manager with its own entry in the table, so that reading it leaves `cell`'s alone.
     fn other_than(cell: &TokenCell) -> Box<TokenCell> {
-        std::iter::repeat_with(|| Box::new(TokenCell::new()))
-            .take(64)
-            .find(|c| c.entry() != cell.entry())
-            .unwrap()
+        // All alive at once: a cell dropped while searching would give its address to the next.
+        let mut cells: Vec<Box<TokenCell>> = (0..64).map(|_| Box::new(TokenCell::new())).collect();
+        let i = cells
+            .iter()
+            .position(|c| c.entry() != cell.entry())
+            .expect("64 cells at 64 addresses all in one entry");
+        cells.swap_remove(i)
     }
 
     #[test]
