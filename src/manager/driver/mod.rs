@@ -282,11 +282,7 @@ impl Driver {
                 continue;
             }
             let deadline = self.next_deadline();
-            let armed = self.sleep.as_ref().map(|(d, _)| *d);
-            // A sleep armed no later than the deadline is kept: waking early only runs the loop
-            // once more, and re-arming on every new token would cost a timer each update.
-            let early_enough = matches!((armed, deadline), (Some(a), Some(d)) if a <= d);
-            if armed != deadline && !early_enough {
+            if self.must_rearm(deadline) {
                 self.sleep = deadline.map(|d| (d, self.shared.clock.sleep_until(d)));
             }
             if let Some((_, sleep)) = &mut self.sleep {
@@ -322,11 +318,18 @@ impl Driver {
         if self.fetch.is_some() || self.fanout.is_busy() {
             return true;
         }
-        match (self.next_deadline(), &self.sleep) {
-            (Some(deadline), Some((armed, _))) => deadline < *armed,
-            (Some(_), None) => true,
-            (None, _) => false,
-        }
+        let deadline = self.next_deadline();
+        // A sleep that is no longer needed is dropped at the task's next turn, whenever it comes.
+        deadline.is_some() && self.must_rearm(deadline)
+    }
+
+    /// Whether the sleep armed does not serve `deadline`. One armed no later than the deadline is
+    /// kept: waking early only runs the loop once more, and re-arming on every new token would cost
+    /// a timer each update.
+    fn must_rearm(&self, deadline: Option<SystemTime>) -> bool {
+        let armed = self.sleep.as_ref().map(|(d, _)| *d);
+        let early_enough = matches!((armed, deadline), (Some(a), Some(d)) if a <= d);
+        armed != deadline && !early_enough
     }
 
     fn on_command(&mut self, command: Command, now: SystemTime) {
