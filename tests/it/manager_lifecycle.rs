@@ -1,13 +1,11 @@
 //! Behaviours 11–13 of DESIGN.md: wall-clock jumps, shutdown and teardown, and secrets kept out of
 //! logs, events and errors.
 
-mod common;
-
+use crate::common::*;
 use access_manager::clock::ManualClock;
 use access_manager::{
     AccessManager, AccessManagerBuilder, Event, FetchError, FetchReason, RefreshError, UpdateError,
 };
-use common::*;
 use std::sync::{Arc, Mutex};
 
 fn with_fetcher(clock: &ManualClock, fetcher: ScriptedFetcher) -> AccessManagerBuilder {

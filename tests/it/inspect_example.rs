@@ -1,17 +1,15 @@
 //! The `inspect` example: what it prints for good and bad tokens, and its exit status, both in
 //! process (its `run` function) and as the real program built by cargo.
 
-mod token_support;
-
 #[allow(dead_code)] // its `main` is only for the program
-#[path = "../examples/inspect.rs"]
+#[path = "../../examples/inspect.rs"]
 mod inspect;
 
+use crate::token_support::*;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use token_support::*;
 
 fn vector(name: &str) -> Value {
     let doc = vectors();

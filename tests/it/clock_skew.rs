@@ -3,12 +3,9 @@
 //! does not loop (failures back off) and says `ClockSkewSuspected` once. Both for tokens with `iat`
 //! (twilio-node, this crate's builder) and tokens with only `nbf` (twilio-python style).
 
-mod common;
-mod token_support;
-
+use crate::common::{at, drain, mint, T0};
 use access_manager::clock::{Clock, ManualClock};
 use access_manager::{fetcher_fn, AccessManager, Backoff, Event};
-use common::{at, drain, mint, T0};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
@@ -28,15 +25,15 @@ enum Style {
 fn issue(style: Style, issuer_now: u64) -> String {
     match style {
         Style::Node => mint("alice", issuer_now, 3_600),
-        Style::Python => token_support::sign(
-            &token_support::good_header(),
+        Style::Python => crate::token_support::sign(
+            &crate::token_support::good_header(),
             &json!({
-                "jti": format!("{}-{issuer_now}", common::KEY),
+                "jti": format!("{}-{issuer_now}", crate::common::KEY),
                 "grants": {"identity": "alice", "chat": {}, "video": {}},
                 "nbf": issuer_now,
                 "exp": issuer_now + 3_600,
-                "iss": common::KEY,
-                "sub": common::ACCOUNT,
+                "iss": crate::common::KEY,
+                "sub": crate::common::ACCOUNT,
             }),
         ),
     }
@@ -131,7 +128,7 @@ async fn absorbed(device_ahead: i64, style: Style) {
     assert_eq!(o.manager.clock_offset(), Some(-device_ahead));
     assert_eq!(o.skew_reports(), [-device_ahead]);
     assert!(!o.manager.is_expired());
-    assert!(o.manager.fresh_token(common::secs(60)).await.is_ok());
+    assert!(o.manager.fresh_token(crate::common::secs(60)).await.is_ok());
 }
 
 /// Every fetched token is rejected: the fetches back off to one a minute, for as long as it

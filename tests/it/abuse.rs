@@ -2,14 +2,11 @@
 //! that panic when dropped, ten thousand consumers, sixteen tasks pushing at once. Nothing panics
 //! out of the manager, and the valid token held is never lost.
 
-mod common;
-mod token_support;
-
+use crate::common::*;
 use access_manager::clock::{Clock, ManualClock};
 use access_manager::{
     fetcher_fn, AccessManager, AccessToken, Event, Events, FetchError, RefreshError, UpdateError,
 };
-use common::*;
 use serde_json::json;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,7 +102,7 @@ async fn a_token_expiring_in_year_9999_is_rejected_as_too_long_lived() {
             claims["iat"] = iat;
         }
         refused_both_ways(
-            token_support::sign(&token_support::good_header(), &claims),
+            crate::token_support::sign(&crate::token_support::good_header(), &claims),
             20157,
         )
         .await;
@@ -123,8 +120,8 @@ async fn absurd_expiry_numbers_are_refused_without_panicking() {
         json!(1.5),
         json!("9999999999"),
     ] {
-        let jwt = token_support::sign(
-            &token_support::good_header(),
+        let jwt = crate::token_support::sign(
+            &crate::token_support::good_header(),
             &json!({"jti": "x", "grants": {"identity": "alice"}, "iat": T0, "exp": exp,
                     "iss": KEY, "sub": ACCOUNT}),
         );

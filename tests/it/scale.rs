@@ -2,7 +2,7 @@
 //! its figures asserted. Timers fire at their exact instants; idle managers do no work; fetch storms
 //! are capped by a `FetchLimiter` and spread by `refresh_jitter`.
 
-#[path = "../examples/scale/sim/mod.rs"]
+#[path = "../../examples/scale/sim/mod.rs"]
 mod sim;
 
 use sim::{deadlines, storm};

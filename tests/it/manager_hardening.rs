@@ -1,15 +1,13 @@
 //! Plugins that misbehave in unusual places, and races between the app and the fetcher: the
 //! manager keeps its token, its consumers and its promise to close.
 
-mod common;
-
+use crate::common::*;
 use access_manager::clock::ManualClock;
 use access_manager::{
     AccessManager, AccessToken, Backoff, ConsumerError, Event, FetchError, FetchRequest, GrantKind,
     TokenConsumer, TokenFetcher,
 };
 use async_trait::async_trait;
-use common::*;
 use futures::FutureExt;
 use std::future::Future;
 use std::pin::Pin;

@@ -1,9 +1,7 @@
 //! Behaviours 1–4 of DESIGN.md: what `update_token` accepts and refuses, and the per-token timeline.
 
-mod common;
-
+use crate::common::*;
 use access_manager::{AccessManager, AccessToken, Event, TokenError, UpdateError};
-use common::*;
 
 #[tokio::test(flavor = "current_thread")]
 async fn b1_update_rejects_bad_tokens_and_leaves_state_timers_and_consumers_untouched() {

@@ -1,10 +1,8 @@
 //! `token()` and `with_token()` read through a per-thread cache: these tests hold it to returning
 //! the current token, and only it, whatever the thread, the nesting or the number of managers.
 
-mod common;
-
+use crate::common::*;
 use access_manager::AccessManager;
-use common::*;
 use std::sync::Arc;
 
 fn text(manager: &AccessManager) -> Option<String> {

@@ -5,7 +5,7 @@ use serde_json::Value;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn vectors() -> Vec<Value> {
-    let doc: Value = serde_json::from_str(include_str!("data/twilio_tokens.json"))
+    let doc: Value = serde_json::from_str(include_str!("../data/twilio_tokens.json"))
         .expect("vectors file is JSON");
     let mut all = doc["valid"].as_array().unwrap().clone();
     all.extend(doc["invalid"].as_array().unwrap().iter().cloned());

@@ -1,14 +1,12 @@
 //! `AccessToken::builder` mints, byte for byte, the tokens twilio-node minted for the same inputs.
 
-mod token_support;
-
+use crate::token_support::*;
 use access_manager::grants::{
     ChatGrant, PlaybackGrant, SyncGrant, TaskRouterGrant, VideoGrant, VoiceGrant,
 };
 use access_manager::{AccessToken, AccessTokenBuilder, TokenError};
 use serde_json::Value;
 use std::time::Duration;
-use token_support::*;
 
 fn string(v: &Value, key: &str) -> Option<String> {
     v.get(key).and_then(Value::as_str).map(str::to_owned)

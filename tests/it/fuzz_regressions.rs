@@ -2,11 +2,9 @@
 //! ordinary tests: nasty JSON (deep nesting, huge numbers, long unicode, broken surrogate escapes),
 //! the 16 KiB boundary, and anything the fuzzers found.
 
-mod token_support;
-
+use crate::token_support::*;
 use access_manager::{AccessToken, TokenError, MAX_TOKEN_LEN};
 use std::time::{Duration, UNIX_EPOCH};
-use token_support::*;
 
 const HEADER: &str = r#"{"alg":"HS256","typ":"JWT","cty":"twilio-fpa;v=1"}"#;
 const TIMES: &str = r#""iat":1700000000,"exp":1700003600"#;

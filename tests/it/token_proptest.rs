@@ -1,7 +1,6 @@
 //! Properties: no input makes `parse` or `verify` panic, and a minted token reads back exactly.
 
-mod token_support;
-
+use crate::token_support::*;
 use access_manager::grants::{
     ChatGrant, PlaybackGrant, SyncGrant, TaskRouterGrant, VideoGrant, VoiceGrant,
 };
@@ -9,7 +8,6 @@ use access_manager::{AccessToken, Grants};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
-use token_support::*;
 
 const CASES: u32 = 256;
 const KNOWN_KEYS: [&str; 7] = [

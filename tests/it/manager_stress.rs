@@ -5,12 +5,10 @@
 //! `TokenUpdated` events: concurrent pushes may land in any order, and the manager does not rank
 //! tokens by `iat`.
 
-mod common;
-
+use crate::common::*;
 use access_manager::clock::{Clock, ManualClock};
 use access_manager::{fetcher_fn, AccessManager, AccessToken, ConsumerError, Event, TokenConsumer};
 use async_trait::async_trait;
-use common::*;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,12 +1,10 @@
 //! Behaviours 8 and 9 of DESIGN.md: per-consumer delivery (order, newest wins, isolated failures,
 //! required grants) and registration (weak, prompt, unregister, many consumers).
 
-mod common;
-
+use crate::common::*;
 use access_manager::clock::ManualClock;
 use access_manager::grants::TaskRouterGrant;
 use access_manager::{AccessManager, GrantKind, UpdateReport};
-use common::*;
 use std::collections::BTreeSet;
 
 fn manager(clock: &ManualClock) -> AccessManager {

@@ -1,10 +1,8 @@
 //! Behaviours 5–7 and 10 of DESIGN.md: fetching in time, one fetch at a time, retries, short tokens.
 
-mod common;
-
+use crate::common::*;
 use access_manager::clock::{Clock, ManualClock};
 use access_manager::{AccessManager, Backoff, Event, FetchError, FetchReason, RefreshError};
-use common::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -1,12 +1,10 @@
 //! Every rule of TOKEN_FORMAT.md's "What this crate answers" table, each broken by a token made to
 //! break exactly that rule, answers its Twilio code and `TokenError` variant; plus the edges around them.
 
-mod token_support;
-
+use crate::token_support::*;
 use access_manager::grants::{ChatGrant, VideoGrant};
 use access_manager::{AccessToken, TokenError, MAX_TOKEN_LEN};
 use serde_json::{json, Value};
-use token_support::*;
 
 fn parse_err(jwt: &str) -> TokenError {
     AccessToken::parse(jwt).expect_err("the token should be rejected")

@@ -1,13 +1,11 @@
 //! Parsing checks the grants without building them; `grants()` builds them on first use. The lazy
 //! path answers exactly what building them at parse time answered.
 
-mod token_support;
-
+use crate::token_support::*;
 use access_manager::grants::GrantKind;
 use access_manager::{AccessToken, Grants, TokenError};
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use token_support::*;
 
 /// The grants of a token's payload, built eagerly with `Grants`' own deserialiser.
 fn eager_grants(jwt: &str) -> Grants {
