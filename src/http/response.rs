@@ -46,6 +46,9 @@ pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     let after = match value.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
+        // Digits too many for u64 are still a number of seconds, and more than the cap. (The
+        // parser's overflow error is no proof of that: it stops before a trailing non-digit.)
+        Err(_) if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => MAX_RETRY_AFTER,
         Err(_) => {
             let at = httpdate::parse_http_date(value).ok()?;
             let date = headers.get(DATE)?.to_str().ok()?.trim();
@@ -145,6 +148,28 @@ mod tests {
             retry_after(&headers(&[("retry-after", "99999999999999")])),
             Some(MAX_RETRY_AFTER)
         );
+    }
+
+    #[test]
+    fn retry_after_with_more_digits_than_u64_holds_is_capped_not_ignored() {
+        let ra = |v: &str| retry_after(&headers(&[("retry-after", v)]));
+        assert_eq!(
+            ra("999999999999999999999999999999"),
+            Some(MAX_RETRY_AFTER),
+            "30 digits"
+        );
+        assert_eq!(
+            ra("18446744073709551616"),
+            Some(MAX_RETRY_AFTER),
+            "u64::MAX + 1"
+        );
+        assert_eq!(
+            ra("18446744073709551615"),
+            Some(MAX_RETRY_AFTER),
+            "u64::MAX"
+        );
+        assert_eq!(ra("99999999999999999999x"), None, "not a number");
+        assert_eq!(ra("-99999999999999999999"), None, "negative");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use access_manager::clock::{Clock, ManualClock};
 use access_manager::grants::{ChatGrant, SyncGrant};
-use access_manager::http::{HttpErrorKind, HttpFetcher, HttpFetcherError};
+use access_manager::http::{HttpErrorKind, HttpFetcher, HttpFetcherError, MAX_RETRY_AFTER};
 use access_manager::{
     AccessManager, Backoff, Event, FetchError, FetchReason, FetchRequest, TokenFetcher,
 };
@@ -456,6 +456,18 @@ async fn retry_after_as_a_date_counts_from_the_date_header() {
         failure(&fetcher).await.retry_after(),
         Some(Duration::from_secs(90))
     );
+}
+
+#[tokio::test]
+async fn retry_after_with_more_digits_than_u64_holds_is_capped() {
+    let server = Server::always(|| Reply::Full {
+        status: 503,
+        headers: vec![("retry-after", "999999999999999999999999999999".into())],
+        body: Vec::new(),
+    })
+    .await;
+    let fetcher = HttpFetcher::new(server.url("/token")).unwrap();
+    assert_eq!(failure(&fetcher).await.retry_after(), Some(MAX_RETRY_AFTER));
 }
 
 #[tokio::test]
