@@ -69,7 +69,9 @@ impl HttpFetcherBuilder {
         self
     }
 
-    /// Reads the token from the whole body (trimmed), whatever the content type.
+    /// Reads the token from the whole body (trimmed), whatever the content type. A body that
+    /// starts as an HTML page (`<!DOCTYPE html` or `<html`) is still refused, as a transient
+    /// [`HttpErrorKind::InvalidBody`] failure.
     pub fn plain_text(mut self) -> Self {
         self.format = TokenFormat::PlainText;
         self

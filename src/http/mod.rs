@@ -46,7 +46,8 @@ pub use builder::HttpFetcherBuilder;
 use error::config_error;
 pub use error::{HttpErrorKind, HttpFetcherError};
 use response::{
-    causes, content_type, origin, redact, retry_after, root_cause, BodyProblem, ContentType,
+    causes, content_type, looks_like_html, origin, redact, retry_after, root_cause, BodyProblem,
+    ContentType,
 };
 
 /// The largest response body read: 64 KiB. A token is at most 16 KiB; a larger body holds none.
@@ -97,9 +98,10 @@ pub struct HttpFetcher {
 /// Where the token is in the response body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum TokenFormat {
-    /// A JSON content type: the `token` field; an HTML page: refused; anything else: the body.
+    /// A JSON content type: the `token` field; an HTML page (by content type or by its start):
+    /// refused; anything else: the body.
     Auto,
-    /// The whole body, whatever its content type.
+    /// The whole body, whatever its content type, unless it starts as an HTML page.
     PlainText,
     /// The string at this path of object keys, whatever the content type.
     JsonField(Vec<String>),
@@ -171,6 +173,10 @@ impl HttpFetcher {
             },
         };
         let body = self.read_body(status, &mut response).await?;
+        // A proxy's or a login page, labelled as something else: no token in it either.
+        if json_path.is_none() && looks_like_html(&body) {
+            return Err(self.body_error(status, BodyProblem::Html));
+        }
         let text = std::str::from_utf8(&body)
             .map_err(|_| self.body_error(status, BodyProblem::NotUtf8))?;
         let token = match json_path {

@@ -59,6 +59,16 @@ pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(after.min(MAX_RETRY_AFTER))
 }
 
+/// Whether a body is an HTML page, whatever its content type says: `<!DOCTYPE html` or `<html`
+/// first, after whitespace, in any case. No token starts with `<`.
+pub(super) fn looks_like_html(body: &[u8]) -> bool {
+    let body = body.trim_ascii_start();
+    ["<!doctype html", "<html"].iter().any(|start| {
+        body.get(..start.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(start.as_bytes()))
+    })
+}
+
 pub(super) fn origin(url: &Url) -> (&str, Option<&str>, Option<u16>) {
     (url.scheme(), url.host_str(), url.port_or_known_default())
 }
@@ -170,6 +180,32 @@ mod tests {
         );
         assert_eq!(ra("99999999999999999999x"), None, "not a number");
         assert_eq!(ra("-99999999999999999999"), None, "negative");
+    }
+
+    #[test]
+    fn html_is_sniffed_by_its_start_after_whitespace_in_any_case() {
+        for page in [
+            "<!DOCTYPE html>",
+            "<!doctype HTML><html></html>",
+            " \r\n\t<html>",
+            "<HTML lang=\"en\">",
+            "<html",
+        ] {
+            assert!(looks_like_html(page.as_bytes()), "{page:?}");
+        }
+        for not_page in [
+            "",
+            "   ",
+            "eyJhbGciOiJIUzI1NiJ9.e30.c2ln",
+            "<!DOCTYPE",
+            "<htm",
+            "<!-- a comment -->",
+            "<?xml version=\"1.0\"?>",
+            "text <html>",
+        ] {
+            assert!(!looks_like_html(not_page.as_bytes()), "{not_page:?}");
+        }
+        assert!(looks_like_html(b"\n<html>\xff\xfe"));
     }
 
     #[test]

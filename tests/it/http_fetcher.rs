@@ -358,6 +358,53 @@ async fn empty_body_html_page_and_non_utf8_are_invalid_bodies() {
 }
 
 #[tokio::test]
+async fn an_html_page_without_an_html_content_type_is_an_invalid_body() {
+    let page = |content_type: Option<&str>, body: &str| Reply::Full {
+        status: 200,
+        headers: content_type
+            .map(|ct| ("content-type", ct.to_owned()))
+            .into_iter()
+            .collect(),
+        body: body.as_bytes().to_vec(),
+    };
+    let cases = [
+        (
+            false,
+            page(Some("text/plain"), "<!DOCTYPE html><p>SECRET-TOKEN-TEXT"),
+        ),
+        (false, page(None, " \r\n\t<HTML>SECRET-TOKEN-TEXT</HTML>")),
+        (
+            false,
+            page(Some("application/octet-stream"), "<!doctype HTML>"),
+        ),
+        (
+            true,
+            page(Some("text/plain"), "\n<html lang=\"en\">SECRET-TOKEN-TEXT"),
+        ),
+        (
+            true,
+            page(Some("application/json"), "<!DocType html>SECRET-TOKEN-TEXT"),
+        ),
+    ];
+    for (plain_text, bad) in cases {
+        let bad = Mutex::new(Some(bad));
+        let server = Server::start(move |_, _| bad.lock().unwrap().take().unwrap()).await;
+        let mut builder = HttpFetcher::builder(server.url("/token"));
+        if plain_text {
+            builder = builder.plain_text();
+        }
+        let fetcher = builder.build().unwrap();
+        let err = failure(&fetcher).await;
+        assert!(!err.is_permanent(), "{err}");
+        assert_eq!(http_error(&err).kind(), HttpErrorKind::InvalidBody, "{err}");
+        assert_eq!(http_error(&err).status(), Some(200));
+        let msg = err.to_string();
+        assert!(msg.contains("expected a token, got an HTML page"), "{msg}");
+        assert!(!msg.contains("SECRET-TOKEN-TEXT"), "{msg}");
+    }
+}
+
+#[tokio::test]
 async fn a_declared_body_over_64_kib_is_refused_unread() {
     let server = Server::always(|| reply(200, "text/plain", vec![b'a'; 64 * 1024 + 1])).await;
     let fetcher = HttpFetcher::new(server.url("/token")).unwrap();
