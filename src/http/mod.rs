@@ -297,6 +297,12 @@ impl HttpFetcher {
         error: reqwest::Error,
         status: Option<StatusCode>,
     ) -> HttpFetcherError {
+        // reqwest's errors carry the full URL, credentials and query included, and print it when
+        // they have no cause: keep it, redacted, in the message and in the source.
+        let error = match error.url().and_then(|url| Url::parse(&redact(url)).ok()) {
+            Some(url) => error.with_url(url),
+            None => error.without_url(),
+        };
         let kind = if error.is_timeout() {
             HttpErrorKind::Timeout
         } else if error.is_connect() {
@@ -315,8 +321,7 @@ impl HttpFetcher {
             target: Some(self.target.clone()),
             status: status.map(|s| s.as_u16()),
             detail,
-            // reqwest's errors carry the full URL, credentials and query included.
-            source: Some(Box::new(error.without_url())),
+            source: Some(Box::new(error)),
         }
     }
 }
@@ -348,5 +353,44 @@ impl fmt::Debug for HttpFetcher {
             .field("timeout", &self.timeout)
             .field("format", &self.format)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::ResponseBuilderExt;
+    use std::error::Error;
+
+    /// A reqwest error without a source (reqwest makes them for statuses): its own message is the
+    /// only one, and it carries the URL it was given.
+    fn error_without_source(url: &str) -> reqwest::Error {
+        let response = hyper::http::Response::builder()
+            .status(500)
+            .url(Url::parse(url).unwrap())
+            .body("")
+            .unwrap();
+        let error = reqwest::Response::from(response)
+            .error_for_status()
+            .unwrap_err();
+        assert!(error.source().is_none());
+        error
+    }
+
+    #[test]
+    fn a_transport_error_without_a_source_hides_credentials_and_query() {
+        let url = "http://user:pass@127.0.0.1:9/token?key=secret";
+        let fetcher = HttpFetcher::new(url).unwrap();
+        let error = fetcher.transport_error(error_without_source(url), None);
+        let mut chain = format!("{error} {error:?}");
+        let mut source = error.source();
+        while let Some(e) = source {
+            chain.push_str(&format!(" | {e} {e:?}"));
+            source = e.source();
+        }
+        assert!(chain.contains("http://127.0.0.1:9/token"), "{chain}");
+        for secret in ["user", "pass", "secret"] {
+            assert!(!chain.contains(secret), "{secret} leaked: {chain}");
+        }
     }
 }
