@@ -49,12 +49,19 @@ impl Backoff {
         self.jitter
     }
 
-    /// The longest wait before retry number `failures` (1 after the first failure).
+    /// The longest wait before retry number `failures` (1 after the first failure):
+    /// `initial × 2^(failures-1)`, capped at `max`; zero at every count when `initial` is zero.
     pub fn ceiling(&self, failures: u32) -> Duration {
-        let doublings = failures.saturating_sub(1).min(32);
-        self.initial
-            .checked_mul(1u32 << doublings.min(31))
-            .map_or(self.max, |d| d.min(self.max))
+        let mut ceiling = self.initial;
+        // Doubling a non-zero duration reaches any cap within 94 steps (1 ns to `Duration::MAX`);
+        // the loop ends there, not after `failures` steps.
+        for _ in 1..failures {
+            if ceiling.is_zero() || ceiling >= self.max {
+                break;
+            }
+            ceiling = ceiling.saturating_mul(2);
+        }
+        ceiling.min(self.max)
     }
 
     pub(crate) fn delay(&self, failures: u32, rng: &mut SplitMix64) -> Duration {
@@ -109,6 +116,44 @@ mod tests {
         let secs: Vec<u64> = (1..=9).map(|n| b.delay(n, &mut rng).as_secs()).collect();
         assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
         assert_eq!(b.ceiling(u32::MAX), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn ceiling_doubles_up_to_the_cap_from_any_initial_delay() {
+        let max = Duration::from_secs(60);
+        let tiny = Backoff::new(Duration::from_nanos(1), max);
+        assert_eq!(tiny.ceiling(1), Duration::from_nanos(1));
+        assert_eq!(tiny.ceiling(33), Duration::from_nanos(1 << 32));
+        assert_eq!(tiny.ceiling(40), max);
+        assert_eq!(tiny.ceiling(u32::MAX), max);
+
+        let zero = Backoff::new(Duration::ZERO, max);
+        assert_eq!(zero.ceiling(1), Duration::ZERO);
+        assert_eq!(zero.ceiling(u32::MAX), Duration::ZERO);
+
+        let huge = Backoff::new(Duration::MAX, Duration::MAX);
+        assert_eq!(huge.ceiling(1), Duration::MAX);
+        assert_eq!(huge.ceiling(u32::MAX), Duration::MAX);
+
+        for initial in [
+            Duration::ZERO,
+            Duration::from_nanos(1),
+            Duration::from_nanos(3),
+            Duration::from_micros(1),
+            Duration::from_secs(1),
+            max,
+        ] {
+            let b = Backoff::new(initial, max);
+            let ceilings: Vec<Duration> = (1..=200).map(|n| b.ceiling(n)).collect();
+            assert!(
+                ceilings.windows(2).all(|w| w[0] <= w[1]),
+                "not monotonic from {initial:?}: {ceilings:?}"
+            );
+            let last = if initial.is_zero() { initial } else { max };
+            assert_eq!(ceilings[199], last, "from {initial:?}");
+            assert!(ceilings.iter().all(|c| *c <= max), "from {initial:?}");
+            assert_eq!(b.ceiling(0), initial);
+        }
     }
 
     #[test]
