@@ -2,15 +2,26 @@
 
 use crate::{AccessToken, GrantKind};
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 use std::error::Error;
 use std::fmt;
+use std::sync::Weak;
 
 /// An SDK client (chat, sync, voice, video) that must hold the newest token.
 ///
 /// The manager calls [`update_token`](Self::update_token) for every new token, one call at a time
 /// per consumer, newest first: a consumer still busy when two newer tokens arrive gets only the
 /// newest. Calls have a timeout; an error, a timeout or a panic becomes a `ConsumerFailed` event
-/// and harms no other consumer.
+/// and harms no other consumer. When the SDK's service refuses the token, answer
+/// [`ConsumerError::rejected`] with the service's error code: the manager then acts on it (see
+/// [`ServiceAction`](crate::ServiceAction)).
+///
+/// A consumer that needs its manager (to push a token it got elsewhere, say) holds a
+/// [`WeakAccessManager`](crate::WeakAccessManager), never an `AccessManager`: the manager holds its
+/// consumers weakly, but a strong handle inside a consumer the app keeps would keep the manager
+/// running after the app dropped its own handles. Such a call from inside
+/// [`update_token`](Self::update_token) is answered without waiting for deliveries (they would wait
+/// for the caller).
 ///
 /// ```
 /// use access_manager::{AccessToken, ConsumerError, GrantKind, TokenConsumer};
@@ -42,29 +53,69 @@ pub trait TokenConsumer: Send + Sync + 'static {
 
     /// Takes a new token.
     async fn update_token(&self, token: &AccessToken) -> Result<(), ConsumerError>;
+
+    /// The app signed out ([`AccessManager::sign_out`](crate::AccessManager::sign_out)): drop the
+    /// session and anything derived from the token. Called once per sign-out, after any
+    /// [`update_token`](Self::update_token) call in progress, under the same timeout. Default: does
+    /// nothing.
+    async fn signed_out(&self) {}
 }
 
 /// A consumer's refusal or failure to take a token.
 pub struct ConsumerError {
+    code: Option<u32>,
     source: Box<dyn Error + Send + Sync>,
 }
 
 impl ConsumerError {
     /// Wraps the consumer's error.
     pub fn new(err: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
-        ConsumerError { source: err.into() }
+        ConsumerError {
+            code: None,
+            source: err.into(),
+        }
+    }
+
+    /// The SDK's service refused the token with this Twilio error code (51215, 20104, …): the
+    /// manager acts on it as on [`AccessManager::report_service_error`]
+    /// (crate::AccessManager::report_service_error), fetching a new token at once for a stale or
+    /// invalid token.
+    ///
+    /// ```
+    /// use access_manager::ConsumerError;
+    ///
+    /// let refused = ConsumerError::rejected(51215, "voice: token unauthorized");
+    /// assert_eq!(refused.code(), Some(51215));
+    /// ```
+    pub fn rejected(code: u32, err: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
+        ConsumerError {
+            code: Some(code),
+            source: err.into(),
+        }
+    }
+
+    /// The service's error code, for a [`rejected`](Self::rejected) token.
+    pub fn code(&self) -> Option<u32> {
+        self.code
     }
 }
 
 impl fmt::Debug for ConsumerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ConsumerError").field(&self.source).finish()
+        f.debug_struct("ConsumerError")
+            .field("code", &self.code)
+            .field("source", &self.source)
+            .finish()
     }
 }
 
 impl fmt::Display for ConsumerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.source, f)
+        fmt::Display::fmt(&self.source, f)?;
+        if let Some(code) = self.code {
+            write!(f, " (refused by the service: Twilio error {code})")?;
+        }
+        Ok(())
     }
 }
 
@@ -81,5 +132,54 @@ pub struct ConsumerId(pub(crate) u64);
 impl fmt::Display for ConsumerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "consumer#{}", self.0)
+    }
+}
+
+/// What the manager asks of a consumer.
+pub(crate) enum Job {
+    Token(AccessToken),
+    SignedOut,
+}
+
+/// A consumer as the manager holds it: weakly, whatever its type (sized, or `dyn TokenConsumer`).
+pub(crate) trait HeldConsumer: Send + Sync {
+    /// Whether the app still holds it.
+    fn is_alive(&self) -> bool;
+
+    /// The call doing `job`, and a reference to the consumer to drop after the call ends; `None`
+    /// when the app has dropped it. The reference is handed out separately so that the caller can
+    /// catch a panic in its drop: if the app lets go meanwhile, ours is the last one, and the
+    /// consumer's `Drop` is user code.
+    #[allow(clippy::type_complexity)]
+    fn call(
+        &self,
+        job: Job,
+    ) -> Option<(BoxFuture<'static, Result<(), ConsumerError>>, Box<dyn Send>)>;
+}
+
+/// A consumer held through a `Weak`.
+pub(crate) struct Held<C: ?Sized>(pub(crate) Weak<C>);
+
+impl<C: TokenConsumer + ?Sized> HeldConsumer for Held<C> {
+    fn is_alive(&self) -> bool {
+        self.0.strong_count() > 0
+    }
+
+    fn call(
+        &self,
+        job: Job,
+    ) -> Option<(BoxFuture<'static, Result<(), ConsumerError>>, Box<dyn Send>)> {
+        let consumer = self.0.upgrade()?;
+        let kept = consumer.clone();
+        let call = async move {
+            match job {
+                Job::Token(token) => consumer.update_token(&token).await,
+                Job::SignedOut => {
+                    consumer.signed_out().await;
+                    Ok(())
+                }
+            }
+        };
+        Some((Box::pin(call), Box::new(kept)))
     }
 }

@@ -1,6 +1,6 @@
 //! What the manager tells the app: [`Event`]s, received through [`Events`].
 
-use crate::{AccessToken, TokenError};
+use crate::{AccessToken, ServiceAction, TokenError};
 use futures_core::Stream;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -61,14 +61,31 @@ pub enum Event {
         /// (positive: the issuer is ahead).
         offset_secs: i64,
     },
+    /// A service refused the current token (reported by the app through
+    /// [`report_service_error`](crate::AccessManager::report_service_error) or by a consumer through
+    /// [`ConsumerError::rejected`](crate::ConsumerError::rejected)), and what the manager does.
+    ServiceRejected {
+        /// The service's Twilio error code.
+        code: u32,
+        /// What the manager does about it.
+        action: ServiceAction,
+    },
+    /// The app signed out: the token is forgotten and every consumer's `signed_out` has run.
+    SignedOut,
+    /// This subscriber fell behind and lost its oldest events; it goes on with the next.
+    Lagged {
+        /// How many events it lost.
+        missed: u64,
+    },
     /// The manager shut down. Nothing follows.
     Closed,
 }
 
 /// A subscription to a manager's events. `recv()` or use it as a `Stream`.
 ///
-/// A subscriber that falls behind loses its oldest events (never blocking the manager), and keeps
-/// receiving from there. After [`Event::Closed`], `recv()` returns `None`.
+/// A subscriber that falls behind loses its oldest events (never blocking the manager), is told so
+/// by an [`Event::Lagged`], and keeps receiving from there. After [`Event::Closed`], `recv()`
+/// returns `None`.
 #[derive(Debug)]
 pub struct Events {
     stream: Option<BroadcastStream<Event>>,
@@ -120,24 +137,24 @@ impl Stream for Events {
             self.closed_pending = false;
             return Poll::Ready(Some(Event::Closed));
         }
-        loop {
-            let Some(stream) = self.stream.as_mut() else {
-                return Poll::Ready(None);
-            };
-            match Pin::new(stream).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                // Lagged: the oldest events are gone; go on with the next.
-                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => continue,
-                Poll::Ready(Some(Ok(event))) => {
-                    if matches!(event, Event::Closed) {
-                        self.stream = None;
-                    }
-                    return Poll::Ready(Some(event));
-                }
-                Poll::Ready(None) => {
+        let Some(stream) = self.stream.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(stream).poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            // The oldest events are gone: say how many, then go on with the next.
+            Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
+                Poll::Ready(Some(Event::Lagged { missed }))
+            }
+            Poll::Ready(Some(Ok(event))) => {
+                if matches!(event, Event::Closed) {
                     self.stream = None;
-                    return Poll::Ready(None);
                 }
+                Poll::Ready(Some(event))
+            }
+            Poll::Ready(None) => {
+                self.stream = None;
+                Poll::Ready(None)
             }
         }
     }

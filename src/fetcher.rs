@@ -11,6 +11,12 @@ use std::time::Duration;
 /// Gets a fresh token from the app's backend. The manager calls it in time, one call at a time,
 /// with a timeout, and retries failures with backoff.
 ///
+/// A fetcher that needs its manager holds a [`WeakAccessManager`](crate::WeakAccessManager), never
+/// an `AccessManager`: the manager owns its fetcher, so a strong handle inside it would keep the
+/// manager alive, and fetching, after the app dropped its handles. `refresh()` or `fresh_token()`
+/// called from inside the fetch answers [`RefreshError::Reentrant`](crate::RefreshError::Reentrant)
+/// at once (it would wait for itself).
+///
 /// Return the token text (a JWT). Return [`FetchError::transient`] for failures worth retrying
 /// (network, 5xx) and [`FetchError::permanent`] for failures that retrying cannot fix (the user is
 /// logged out): the manager then stops fetching until [`AccessManager::refresh`] or
@@ -67,16 +73,23 @@ pub enum FetchReason {
     Expired,
     /// The app asked, through `refresh()` or `fresh_token()`.
     Manual,
+    /// A service refused the current token with this Twilio error code (reported by the app or a
+    /// consumer; see [`ServiceAction`](crate::ServiceAction)).
+    Rejected {
+        /// The service's error code.
+        code: u32,
+    },
 }
 
 impl fmt::Display for FetchReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FetchReason::Initial => "initial",
-            FetchReason::WillExpire => "will_expire",
-            FetchReason::Expired => "expired",
-            FetchReason::Manual => "manual",
-        })
+        match self {
+            FetchReason::Initial => f.write_str("initial"),
+            FetchReason::WillExpire => f.write_str("will_expire"),
+            FetchReason::Expired => f.write_str("expired"),
+            FetchReason::Manual => f.write_str("manual"),
+            FetchReason::Rejected { code } => write!(f, "rejected ({code})"),
+        }
     }
 }
 

@@ -31,7 +31,13 @@ pub use event::{Event, Events};
 pub use fetcher::{fetcher_fn, FetchError, FetchReason, FetchRequest, TokenFetcher};
 pub use limiter::FetchLimiter;
 pub use manager::error::{BuildError, RefreshError, UpdateError, UpdateReport};
+pub use manager::service::ServiceAction;
+pub use manager::stats::Stats;
 pub use manager::{
-    AccessManager, AccessManagerBuilder, DEFAULT_CONSUMER_TIMEOUT, DEFAULT_EVENT_CAPACITY,
-    DEFAULT_FETCH_TIMEOUT, DEFAULT_REFRESH_AHEAD,
+    AccessManager, AccessManagerBuilder, WeakAccessManager, DEFAULT_CONSUMER_TIMEOUT,
+    DEFAULT_EVENT_CAPACITY, DEFAULT_FETCH_TIMEOUT, DEFAULT_REFRESH_AHEAD,
 };
+
+/// The `#[async_trait]` attribute, for implementing [`TokenFetcher`] and [`TokenConsumer`] without
+/// adding the `async-trait` crate to your dependencies.
+pub use async_trait::async_trait;

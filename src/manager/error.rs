@@ -2,6 +2,7 @@
 
 use crate::{AccessToken, ConsumerError, FetchError, TokenError};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What became of a token given to [`AccessManager::update_token`](crate::AccessManager::update_token).
 #[derive(Debug)]
@@ -13,6 +14,24 @@ pub struct UpdateReport {
 }
 
 impl UpdateReport {
+    /// The report for the token already held: nothing happened.
+    pub(crate) fn unchanged(token: AccessToken) -> Self {
+        UpdateReport {
+            token,
+            changed: false,
+            delivered: 0,
+            failures: Vec::new(),
+        }
+    }
+
+    /// The report for a new token whose deliveries were not waited for.
+    pub(crate) fn undelivered(token: AccessToken) -> Self {
+        UpdateReport {
+            changed: true,
+            ..UpdateReport::unchanged(token)
+        }
+    }
+
     /// `false` when the token was the one already held: nothing happened.
     pub fn changed(&self) -> bool {
         self.changed
@@ -64,24 +83,25 @@ pub enum UpdateError {
 }
 
 impl UpdateError {
-    /// The Twilio-coded error behind this refusal (`None` for `Closed`).
+    /// The refusal as a [`TokenError`] with its Twilio code (`None` for `Closed`), as the
+    /// [`Event::TokenRejected`](crate::Event::TokenRejected) event carries it: another identity is a
+    /// grants refusal (20106), another account a subject refusal (20103).
     pub fn token_error(&self) -> Option<TokenError> {
         match self {
             UpdateError::Invalid(e) => Some(e.clone()),
-            UpdateError::IdentityMismatch { current, offered } => {
-                Some(TokenError::IdentityMismatch {
-                    current: current.clone(),
-                    offered: offered.clone(),
-                })
-            }
-            UpdateError::AccountMismatch { current, offered } => {
-                Some(TokenError::AccountMismatch {
-                    current: current.clone(),
-                    offered: offered.clone(),
-                })
-            }
+            UpdateError::IdentityMismatch { .. } => Some(TokenError::InvalidGrants {
+                reason: self.to_string(),
+            }),
+            UpdateError::AccountMismatch { .. } => Some(TokenError::InvalidIssuer {
+                reason: self.to_string(),
+            }),
             UpdateError::Closed => None,
         }
+    }
+
+    /// The Twilio error code of the refusal (`None` for `Closed`).
+    pub fn code(&self) -> Option<u32> {
+        self.token_error().map(|e| e.code())
     }
 }
 
@@ -96,9 +116,25 @@ pub enum RefreshError {
     /// The fetcher failed, panicked or timed out. Shared by every caller that joined the fetch.
     #[error("token fetch failed: {0}")]
     Fetch(Arc<FetchError>),
-    /// The fetched token was invalid, or for another identity or account.
+    /// The fetched token was refused: invalid, or for another identity or account. Never
+    /// [`UpdateError::Closed`].
     #[error("fetched token rejected: {0}")]
-    Rejected(TokenError),
+    Rejected(UpdateError),
+    /// [`fresh_token`](crate::AccessManager::fresh_token) got a token, but with less than the time
+    /// asked for left: the backend issues shorter tokens. `token` is the best the manager has.
+    #[error("the freshest token has less than the {} s asked for left", wanted.as_secs_f64())]
+    TooShort {
+        /// The token with the most time left (the current one).
+        token: AccessToken,
+        /// The time left that was asked for.
+        wanted: Duration,
+    },
+    /// The app signed out while the fetch ran: it was cancelled.
+    #[error("the fetch was cancelled by sign-out")]
+    SignedOut,
+    /// Called from inside this manager's own fetcher: the fetch it would join is the caller's own.
+    #[error("refresh called from inside the manager's own fetcher")]
+    Reentrant,
     /// The manager has shut down.
     #[error("access manager is closed")]
     Closed,

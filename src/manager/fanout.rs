@@ -1,26 +1,64 @@
-//! Per-consumer delivery: each consumer gets tokens one at a time, newest wins, failures isolated.
+//! Per-consumer delivery: each consumer gets tokens one call at a time, newest wins, failures
+//! isolated. The consumer list lives here, inside the driver: only the driver touches it.
 
-use super::error::{UpdateError, UpdateReport};
-use super::shared::{after, lock, Shared, Slot};
-use crate::consumer::{ConsumerError, ConsumerId};
+use super::error::UpdateReport;
+use super::reentry::{self, Plugin, Role};
+use super::shared::{Registration, ReportReply, Shared};
+use super::stats::bump;
+use crate::consumer::{ConsumerError, ConsumerId, HeldConsumer, Job};
 use crate::event::Event;
-use crate::{AccessToken, TokenConsumer};
+use crate::{AccessToken, GrantKind};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
-pub(super) type ReportReply = oneshot::Sender<Result<UpdateReport, UpdateError>>;
+/// The token the driver holds, when it may be delivered (not refused by a service).
+#[derive(Clone, Copy)]
+pub(super) struct Deliverable<'a> {
+    pub(super) token: &'a AccessToken,
+    pub(super) generation: u64,
+}
 
-/// A finished delivery.
-pub(super) struct Delivered {
+/// A service refused a token through a consumer's answer: the driver acts on it.
+pub(super) struct Refusal {
+    pub(super) code: u32,
+    pub(super) generation: u64,
+}
+
+/// A registered consumer and where its calls stand.
+struct Slot {
+    id: ConsumerId,
+    consumer: Box<dyn HeldConsumer>,
+    name: Arc<str>,
+    required: Option<GrantKind>,
+    /// A call is in flight (or its outcome is waiting in `ready`).
+    busy: bool,
+    /// The call in flight is `signed_out`.
+    in_sign_out: bool,
+    /// The app signed out during a call: `signed_out` is called next.
+    owes_sign_out: bool,
+    /// A token became current during a call: the current token is delivered next.
+    owes_token: bool,
+}
+
+/// What a call was for.
+enum Call {
+    /// A token of this generation.
+    Token(u64),
+    SignedOut,
+}
+
+/// A finished call.
+pub(super) struct Done {
     id: ConsumerId,
     name: Arc<str>,
-    generation: u64,
+    call: Call,
     outcome: Result<(), ConsumerError>,
 }
 
@@ -34,20 +72,31 @@ struct Tracker {
     reply: ReportReply,
 }
 
-pub(super) struct Fanout {
-    /// Deliveries in flight; made when the first starts and dropped when the last ends, so an idle
-    /// manager holds none.
-    deliveries: Option<FuturesUnordered<BoxFuture<'static, Delivered>>>,
-    trackers: Vec<Tracker>,
-    timeout: Duration,
-    /// The generation of the current token.
-    generation: u64,
+impl Tracker {
+    fn answer(self) {
+        let _ = self.reply.send(Ok(UpdateReport {
+            token: self.token,
+            changed: true,
+            delivered: self.delivered,
+            failures: self.failures,
+        }));
+    }
 }
 
-/// What to do for one slot, decided under the consumers lock and done after it.
-enum Start {
-    Call(ConsumerId, Arc<dyn TokenConsumer>, Arc<str>),
-    MissingGrant(ConsumerId, Arc<str>),
+pub(super) struct Fanout {
+    slots: Vec<Slot>,
+    /// Calls in flight; made when the first starts and dropped when the last ends, so that an idle
+    /// manager holds none.
+    calls: Option<FuturesUnordered<BoxFuture<'static, Done>>>,
+    /// Outcomes known without a call (a missing grant), handed out before the calls'.
+    ready: VecDeque<Done>,
+    trackers: Vec<Tracker>,
+    /// `sign_out()` callers waiting for every consumer's `signed_out`.
+    sign_out_waiters: Vec<oneshot::Sender<()>>,
+    timeout: Duration,
+    /// The list's length after the last sweep for consumers the app dropped: registering sweeps
+    /// again once it has doubled, so that dropped consumers cost no more than the live ones.
+    swept_len: usize,
 }
 
 #[derive(Debug)]
@@ -63,7 +112,8 @@ fn failure(msg: String) -> ConsumerError {
     ConsumerError::new(DeliveryFailure(msg))
 }
 
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+/// A panic's message, for the failure it becomes.
+pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -71,27 +121,10 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a non-string panic payload".into())
 }
 
-/// Decides, for a slot that should get `token`, whether to call it now, queue it, or report a
-/// missing grant. `None` when the slot's consumer is gone.
-fn plan(slot: &mut Slot, token: &AccessToken) -> Option<Option<Start>> {
-    // No `Arc` is made unless it goes into a delivery, where its drop is caught: if the app lets
-    // go meanwhile, ours may be the last one, and its `Drop` is user code.
-    if slot.consumer.strong_count() == 0 {
-        return None;
-    }
-    slot.needs_current = false;
-    if slot.busy {
-        slot.wants_current = true;
-        return Some(None);
-    }
-    if let Some(kind) = slot.required {
-        if !token.has_grant(kind) {
-            return Some(Some(Start::MissingGrant(slot.id, slot.name.clone())));
-        }
-    }
-    let consumer = slot.consumer.upgrade()?;
-    slot.busy = true;
-    Some(Some(Start::Call(slot.id, consumer, slot.name.clone())))
+/// Drops `value` (user code may run in its `Drop`), turning a panic into its message.
+pub(super) fn drop_caught<T>(value: T) -> Result<(), String> {
+    std::panic::catch_unwind(AssertUnwindSafe(move || drop(value)))
+        .map_err(|panic| panic_message(&*panic))
 }
 
 impl Drop for Fanout {
@@ -101,47 +134,78 @@ impl Drop for Fanout {
 }
 
 impl Fanout {
-    pub(super) fn new(timeout: Duration, generation: u64) -> Self {
+    pub(super) fn new(timeout: Duration) -> Self {
         Fanout {
-            deliveries: None,
+            slots: Vec::new(),
+            calls: None,
+            ready: VecDeque::new(),
             trackers: Vec::new(),
+            sign_out_waiters: Vec::new(),
             timeout,
-            generation,
+            swept_len: 0,
         }
     }
 
-    /// Drops the unfinished deliveries one by one, each under `catch_unwind` (dropping one runs user
-    /// code: the consumer's `Drop`, when ours is its last `Arc`; a panic escaping the set's own drop
-    /// would leak the deliveries after it), and the waiting reports (their callers answer `Closed`).
+    /// Drops the unfinished calls one by one, each under `catch_unwind` (dropping one may run a
+    /// consumer's `Drop`, when ours is its last `Arc`; a panic escaping the set's own drop would
+    /// leak the calls after it), and the waiting callers (they answer `Closed`).
     pub(super) fn abandon(&mut self) {
-        for delivery in self.deliveries.take().into_iter().flatten() {
-            let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(delivery)));
+        for call in self.calls.take().into_iter().flatten() {
+            let _ = drop_caught(call);
         }
+        self.ready.clear();
         self.trackers.clear();
+        self.sign_out_waiters.clear();
+        self.slots.clear();
     }
 
-    /// Whether deliveries are in flight.
-    pub(super) fn is_busy(&self) -> bool {
-        self.deliveries.is_some()
+    /// A consumer registers; it gets `current` at once.
+    pub(super) fn register(
+        &mut self,
+        shared: &Shared,
+        registration: Registration,
+        current: Option<Deliverable<'_>>,
+    ) {
+        if self.slots.len() >= 2 * self.swept_len.max(4) {
+            self.sweep(shared);
+        }
+        self.slots.push(Slot {
+            id: registration.id,
+            consumer: registration.consumer,
+            name: registration.name,
+            required: registration.required,
+            busy: false,
+            in_sign_out: false,
+            owes_sign_out: false,
+            owes_token: false,
+        });
+        if let Some(current) = current {
+            self.start_token(shared, self.slots.len() - 1, current);
+        }
     }
 
-    /// A finished delivery, if any.
-    pub(super) fn poll_delivered(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivered>> {
-        let Some(deliveries) = &mut self.deliveries else {
-            return Poll::Ready(None);
-        };
-        match deliveries.poll_next_unpin(cx) {
-            Poll::Ready(Some(done)) => {
-                if deliveries.is_empty() {
-                    self.deliveries = None;
-                }
-                Poll::Ready(Some(done))
+    /// A consumer unregisters: it gets nothing more, and no update waits for it.
+    pub(super) fn unregister(&mut self, shared: &Shared, id: ConsumerId) {
+        self.slots.retain(|slot| slot.id != id);
+        self.forget(id);
+        self.check_signed_out(shared);
+    }
+
+    /// Drops the consumers the app has dropped (their memory is freed with our `Weak`).
+    fn sweep(&mut self, shared: &Shared) {
+        let mut gone = Vec::new();
+        self.slots.retain(|slot| {
+            // A busy slot's call holds the consumer: it is swept once the call ends.
+            let alive = slot.busy || slot.consumer.is_alive();
+            if !alive {
+                gone.push(slot.id);
             }
-            Poll::Ready(None) => {
-                self.deliveries = None;
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
+            alive
+        });
+        self.swept_len = self.slots.len();
+        shared.forget_consumers(&gone);
+        for id in gone {
+            self.forget(id);
         }
     }
 
@@ -150,215 +214,228 @@ impl Fanout {
     pub(super) fn publish(
         &mut self,
         shared: &Shared,
-        token: &AccessToken,
-        generation: u64,
+        current: Deliverable<'_>,
         reply: Option<ReportReply>,
     ) {
-        self.generation = generation;
-        let mut starts = Vec::new();
-        let mut waiting = Vec::new();
-        lock(&shared.consumers).retain_mut(|slot| match plan(slot, token) {
-            None => false,
-            Some(start) => {
-                waiting.push(slot.id);
-                starts.extend(start);
+        self.sweep(shared);
+        let mut waiting = Vec::with_capacity(if reply.is_some() { self.slots.len() } else { 0 });
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            let answers = if slot.busy {
+                slot.owes_token = true;
                 true
+            } else {
+                self.start_token(shared, i, current)
+            };
+            if answers && reply.is_some() {
+                waiting.push(self.slots[i].id);
             }
-        });
+        }
         if let Some(reply) = reply {
             self.trackers.push(Tracker {
-                generation,
-                token: token.clone(),
+                generation: current.generation,
+                token: current.token.clone(),
                 waiting,
                 delivered: 0,
                 failures: Vec::new(),
                 reply,
             });
+            self.answer_finished();
         }
-        if !starts.is_empty() {
-            // One deadline for the whole publish: the deliveries all start now.
-            let deadline = after(shared.clock.now(), self.timeout);
-            for start in starts {
-                self.start(shared, start, token, generation, deadline);
-            }
-        }
-        self.answer_finished();
     }
 
-    /// Delivers the current token to one (newly registered) consumer.
-    pub(super) fn deliver_one(
+    /// Starts delivering `current` to slot `i`; `false` when its consumer is gone.
+    fn start_token(&mut self, shared: &Shared, i: usize, current: Deliverable<'_>) -> bool {
+        let slot = &mut self.slots[i];
+        if let Some(kind) = slot.required.filter(|k| !current.token.has_grant(*k)) {
+            slot.busy = true;
+            self.ready.push_back(Done {
+                id: slot.id,
+                name: slot.name.clone(),
+                call: Call::Token(current.generation),
+                outcome: Err(failure(format!(
+                    "token lacks the {kind} grant this consumer requires"
+                ))),
+            });
+            return true;
+        }
+        let Some(call) = slot.consumer.call(Job::Token(current.token.clone())) else {
+            return false;
+        };
+        slot.busy = true;
+        bump(&shared.counters.deliveries);
+        let (id, name) = (slot.id, slot.name.clone());
+        let span = tracing::debug_span!(parent: None, "deliver", consumer = %name, generation = current.generation);
+        self.start_call(
+            shared,
+            id,
+            name,
+            Call::Token(current.generation),
+            span,
+            call,
+        );
+        true
+    }
+
+    /// Starts slot `i`'s `signed_out` call; `false` when its consumer is gone.
+    fn start_sign_out(&mut self, shared: &Shared, i: usize) -> bool {
+        let slot = &mut self.slots[i];
+        let Some(call) = slot.consumer.call(Job::SignedOut) else {
+            return false;
+        };
+        slot.busy = true;
+        slot.in_sign_out = true;
+        let (id, name) = (slot.id, slot.name.clone());
+        let span = tracing::debug_span!(parent: None, "signed_out", consumer = %name);
+        self.start_call(shared, id, name, Call::SignedOut, span, call);
+        true
+    }
+
+    /// Runs one call of a consumer: caught if it panics (before or inside its future), timed out
+    /// on elapsed time, the consumer's `Arc` dropped (and caught) in the call.
+    fn start_call(
         &mut self,
         shared: &Shared,
         id: ConsumerId,
-        token: &AccessToken,
-        generation: u64,
+        name: Arc<str>,
+        call: Call,
+        span: tracing::Span,
+        (run, consumer): (BoxFuture<'static, Result<(), ConsumerError>>, Box<dyn Send>),
     ) {
-        let start = {
-            let mut consumers = lock(&shared.consumers);
-            let Some(pos) = consumers.iter().position(|s| s.id == id) else {
-                return;
+        let timeout = self.timeout;
+        let clock = shared.clock.clone();
+        let plugin = Plugin {
+            manager: shared.key(),
+            role: Role::Consumer,
+        };
+        let done = async move {
+            let caught = AssertUnwindSafe(run).catch_unwind();
+            // The timer is made only if the consumer does not answer at its first poll.
+            let timer = async move { clock.sleep(timeout).await };
+            let outcome = tokio::select! {
+                biased;
+                result = caught => result.unwrap_or_else(|panic| {
+                    Err(failure(format!("consumer panicked: {}", panic_message(&*panic))))
+                }),
+                _ = timer => Err(failure(format!(
+                    "consumer did not answer within {} s",
+                    timeout.as_secs_f64()
+                ))),
             };
-            if !consumers[pos].needs_current {
-                // A publish since it registered already planned the current token for it: in
-                // flight, queued by `wants_current`, or reported as lacking its grant.
-                return;
-            }
-            match plan(&mut consumers[pos], token) {
-                None => {
-                    consumers.swap_remove(pos);
-                    None
+            // Dropped here, after the call: a consumer that panics in `drop` is caught too.
+            let outcome = match (outcome, drop_caught(consumer)) {
+                (Ok(()), Err(panic)) => {
+                    Err(failure(format!("consumer panicked when dropped: {panic}")))
                 }
-                Some(start) => start,
+                (outcome, _) => outcome,
+            };
+            Done {
+                id,
+                name,
+                call,
+                outcome,
             }
         };
-        if let Some(start) = start {
-            let deadline = after(shared.clock.now(), self.timeout);
-            self.start(shared, start, token, generation, deadline);
+        let future = tracing::Instrument::instrument(reentry::scope(plugin, done), span).boxed();
+        self.calls
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(future);
+    }
+
+    /// A finished call, if any.
+    pub(super) fn poll_done(&mut self, cx: &mut Context<'_>) -> Poll<Option<Done>> {
+        if let Some(done) = self.ready.pop_front() {
+            return Poll::Ready(Some(done));
+        }
+        let Some(calls) = &mut self.calls else {
+            return Poll::Ready(None);
+        };
+        match calls.poll_next_unpin(cx) {
+            Poll::Ready(done) => {
+                if calls.is_empty() {
+                    self.calls = None;
+                }
+                Poll::Ready(done)
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 
-    /// Starts one delivery, which times out at `deadline`.
-    fn start(
+    /// Records a finished call, starts the consumer's next one, and hands a service refusal to
+    /// the driver.
+    pub(super) fn finish(
         &mut self,
         shared: &Shared,
-        start: Start,
-        token: &AccessToken,
-        generation: u64,
-        deadline: SystemTime,
-    ) {
-        match start {
-            Start::MissingGrant(id, name) => {
-                let kind = lock(&shared.consumers)
-                    .iter()
-                    .find(|s| s.id == id)
-                    .and_then(|s| s.required);
-                let msg = match kind {
-                    Some(kind) => format!("token lacks the {kind} grant this consumer requires"),
-                    None => "token lacks the grant this consumer requires".into(),
-                };
-                self.finish(
-                    shared,
-                    Delivered {
-                        id,
-                        name,
-                        generation,
-                        outcome: Err(failure(msg)),
-                    },
-                );
-            }
-            Start::Call(id, consumer, name) => {
-                let token = token.clone();
-                let timeout = self.timeout;
-                // The timer is made only if the consumer does not answer at its first poll.
-                let clock = shared.clock.clone();
-                let sleep = async move { clock.sleep_until(deadline).await };
-                // A root span: an update run on the app's thread must not hang the delivery under
-                // (and keep open) whatever span the app was in.
-                let span =
-                    tracing::debug_span!(parent: None, "deliver", consumer = %name, generation);
-                self.deliveries
-                    .get_or_insert_with(FuturesUnordered::new)
-                    .push(
-                        async move {
-                            let call =
-                                AssertUnwindSafe(async { consumer.update_token(&token).await })
-                                    .catch_unwind();
-                            let outcome = tokio::select! {
-                                biased;
-                                result = call => match result {
-                                    Ok(result) => result,
-                                    Err(panic) => Err(failure(format!(
-                                        "consumer panicked: {}",
-                                        panic_message(&*panic)
-                                    ))),
-                                },
-                                _ = sleep => Err(failure(format!(
-                                    "consumer did not answer within {} s",
-                                    timeout.as_secs_f64()
-                                ))),
-                            };
-                            // Dropped here, on the driver: a consumer that panics in `drop` is caught too.
-                            let dropped =
-                                std::panic::catch_unwind(AssertUnwindSafe(move || drop(consumer)));
-                            let outcome = match (outcome, dropped) {
-                                (Ok(()), Err(panic)) => Err(failure(format!(
-                                    "consumer panicked when dropped: {}",
-                                    panic_message(&*panic)
-                                ))),
-                                (outcome, _) => outcome,
-                            };
-                            Delivered {
-                                id,
-                                name,
-                                generation,
-                                outcome,
-                            }
-                        }
-                        .instrument_boxed(span),
-                    );
-            }
-        }
-    }
-
-    /// Records a finished delivery and starts the consumer's next one if a newer token waits.
-    pub(super) fn finish(&mut self, shared: &Shared, done: Delivered) {
-        if let Err(e) = &done.outcome {
-            tracing::warn!(consumer = %done.name, generation = done.generation, error = %e, "consumer failed");
-            let (consumer, error) = (done.name.to_string(), e.to_string());
+        done: Done,
+        current: Option<Deliverable<'_>>,
+    ) -> Option<Refusal> {
+        let Done {
+            id,
+            name,
+            call,
+            outcome,
+        } = done;
+        if let Err(e) = &outcome {
+            tracing::warn!(consumer = %name, error = %e, "consumer failed");
+            bump(&shared.counters.consumer_failures);
+            let (consumer, error) = (name.to_string(), e.to_string());
             shared.emit(|| Event::ConsumerFailed { consumer, error });
         }
-        let (id, mut gone) = (done.id, false);
-        let next = {
-            let mut consumers = lock(&shared.consumers);
-            match consumers.iter().position(|s| s.id == done.id) {
-                None => None,
-                Some(pos) => {
-                    let slot = &mut consumers[pos];
-                    slot.busy = false;
-                    if std::mem::take(&mut slot.wants_current) {
-                        let current = shared.current.load();
-                        match current.as_ref() {
-                            Some(token) => match plan(slot, token) {
-                                None => {
-                                    consumers.swap_remove(pos);
-                                    gone = true;
-                                    None
-                                }
-                                Some(start) => start.map(|s| (s, token.clone())),
-                            },
-                            None => None,
-                        }
-                    } else {
-                        None
-                    }
-                }
-            }
+        let refusal = match (&call, &outcome) {
+            (Call::Token(generation), Err(e)) => e.code().map(|code| Refusal {
+                code,
+                generation: *generation,
+            }),
+            _ => None,
         };
-        self.settle(done);
-        if gone {
-            // Newer updates counted on it: they must not wait for it any more.
+        let mut next_token = false;
+        if let Some(i) = self.slots.iter().position(|s| s.id == id) {
+            let slot = &mut self.slots[i];
+            slot.busy = false;
+            slot.in_sign_out = false;
+            if !slot.consumer.is_alive() {
+                // The app dropped it during the call.
+                self.slots.remove(i);
+                shared.forget_consumers(&[id]);
+            } else if std::mem::take(&mut slot.owes_sign_out) {
+                self.start_sign_out(shared, i);
+            } else if std::mem::take(&mut slot.owes_token) {
+                next_token = current.is_some_and(|c| self.start_token(shared, i, c));
+            }
+        }
+        if let Call::Token(generation) = call {
+            self.settle(id, generation, name, outcome);
+        }
+        if !next_token {
+            // No newer token is coming to it: newer updates must not wait for it.
             self.forget(id);
         }
-        if let Some((start, token)) = next {
-            let deadline = after(shared.clock.now(), self.timeout);
-            self.start(shared, start, &token, self.generation, deadline);
-        }
+        self.check_signed_out(shared);
+        refusal
     }
 
-    fn settle(&mut self, done: Delivered) {
-        let mut outcome = Some(done.outcome);
+    /// Counts a finished delivery for the updates waiting on it.
+    fn settle(
+        &mut self,
+        id: ConsumerId,
+        generation: u64,
+        name: Arc<str>,
+        outcome: Result<(), ConsumerError>,
+    ) {
+        let mut outcome = Some(outcome);
         for tracker in &mut self.trackers {
-            if tracker.generation > done.generation {
+            // A newer update waits for this consumer's next call.
+            if tracker.generation > generation {
                 continue;
             }
-            let Some(pos) = tracker.waiting.iter().position(|id| *id == done.id) else {
+            let Some(pos) = tracker.waiting.iter().position(|w| *w == id) else {
                 continue;
             };
             tracker.waiting.swap_remove(pos);
-            if tracker.generation == done.generation {
+            if tracker.generation == generation {
                 match outcome.take() {
                     Some(Ok(())) => tracker.delivered += 1,
-                    Some(Err(e)) => tracker.failures.push((done.name.to_string(), e)),
+                    Some(Err(e)) => tracker.failures.push((name.to_string(), e)),
                     None => {}
                 }
             }
@@ -366,8 +443,8 @@ impl Fanout {
         self.answer_finished();
     }
 
-    /// A consumer is gone (unregistered or dropped): nobody waits for it any more.
-    pub(super) fn forget(&mut self, id: ConsumerId) {
+    /// Nobody waits for consumer `id` any more.
+    fn forget(&mut self, id: ConsumerId) {
         for tracker in &mut self.trackers {
             tracker.waiting.retain(|w| *w != id);
         }
@@ -378,23 +455,47 @@ impl Fanout {
         let mut i = 0;
         while i < self.trackers.len() {
             if self.trackers[i].waiting.is_empty() {
-                let t = self.trackers.swap_remove(i);
-                let _ = t.reply.send(Ok(UpdateReport {
-                    token: t.token,
-                    changed: true,
-                    delivered: t.delivered,
-                    failures: t.failures,
-                }));
+                self.trackers.swap_remove(i).answer();
             } else {
                 i += 1;
             }
         }
     }
-}
 
-trait InstrumentBoxed: std::future::Future + Sized + Send + 'static {
-    fn instrument_boxed(self, span: tracing::Span) -> BoxFuture<'static, Self::Output> {
-        tracing::Instrument::instrument(self, span).boxed()
+    /// The app signed out: updates still waiting are answered with what was delivered so far, and
+    /// every consumer's `signed_out` is called (after its call in flight, if any). `reply` is
+    /// answered, and `SignedOut` emitted, once all of them have run.
+    pub(super) fn sign_out(&mut self, shared: &Shared, reply: oneshot::Sender<()>) {
+        for tracker in self.trackers.drain(..) {
+            tracker.answer();
+        }
+        self.sweep(shared);
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            slot.owes_token = false;
+            if slot.in_sign_out {
+                // Already signing out: this sign-out joins it.
+            } else if slot.busy {
+                slot.owes_sign_out = true;
+            } else {
+                self.start_sign_out(shared, i);
+            }
+        }
+        self.sign_out_waiters.push(reply);
+        self.check_signed_out(shared);
+    }
+
+    /// Emits `SignedOut` and answers the `sign_out()` callers once no `signed_out` call is left.
+    fn check_signed_out(&mut self, shared: &Shared) {
+        if self.sign_out_waiters.is_empty()
+            || self.slots.iter().any(|s| s.in_sign_out || s.owes_sign_out)
+        {
+            return;
+        }
+        tracing::info!("signed out");
+        shared.emit(|| Event::SignedOut);
+        for waiter in self.sign_out_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
     }
 }
-impl<F: std::future::Future + Send + 'static> InstrumentBoxed for F {}

@@ -1,123 +1,150 @@
-//! State shared by the handles and the driver task. Only the driver changes the token; handles
-//! read it lock-free and send the driver commands through the mailbox (or, for `update_token` when
-//! the driver is idle, run its turn themselves: see `driver::run_inline`).
+//! What the handles and the driver share: the published token, the mailbox (the one way in), the
+//! event channel and the counters. Only the driver writes the token and the counters; handles read
+//! them and post commands.
 
-use super::current::TokenCell;
-use super::driver::Driver;
 use super::error::{RefreshError, UpdateError, UpdateReport};
+use super::service::ServiceAction;
+use super::stats::Counters;
 use crate::clock::Clock;
-use crate::consumer::ConsumerId;
+use crate::consumer::{ConsumerId, HeldConsumer};
 use crate::event::{Event, Events};
-use crate::{AccessToken, GrantKind, TokenConsumer, TokenError};
+use crate::{AccessToken, GrantKind, TokenError};
+use arc_swap::ArcSwapOption;
 use futures_util::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, oneshot, Notify};
 
-pub(crate) enum Command {
+pub(super) type ReportReply = oneshot::Sender<Result<UpdateReport, UpdateError>>;
+pub(super) type FetchReply = oneshot::Sender<Result<AccessToken, RefreshError>>;
+
+/// What a handle asks of the driver.
+pub(super) enum Command {
+    /// A token the app pushed (parsed; the driver validates it).
     Update {
         token: AccessToken,
-        reply: oneshot::Sender<Result<UpdateReport, UpdateError>>,
+        reply: ReportReply,
+        /// Sent from inside one of this manager's consumers: answered without waiting for
+        /// deliveries, which would wait for the caller.
+        from_consumer: bool,
     },
+    /// A token the app pushed did not even parse.
     Rejected(TokenError),
     Refresh {
         min_remaining: Option<Duration>,
-        reply: oneshot::Sender<Result<AccessToken, RefreshError>>,
+        reply: FetchReply,
     },
-    Registered(ConsumerId),
-    Unregistered(ConsumerId),
+    Register(Registration),
+    Unregister(ConsumerId),
+    /// A service refused the token of `generation`; the handle has answered `action`.
+    ServiceRefused {
+        code: u32,
+        generation: u64,
+        action: ServiceAction,
+    },
+    SignOut {
+        reply: oneshot::Sender<()>,
+    },
+    Resume,
     Shutdown,
 }
 
+/// A consumer being registered.
+pub(super) struct Registration {
+    pub(super) id: ConsumerId,
+    pub(super) consumer: Box<dyn HeldConsumer>,
+    pub(super) name: Arc<str>,
+    pub(super) required: Option<GrantKind>,
+}
+
 #[derive(Default)]
-pub(crate) struct Mailbox {
-    pub(crate) queue: VecDeque<Command>,
+struct Mailbox {
+    queue: VecDeque<Command>,
+    /// The ids of the registered consumers, ascending: the handles' record, so that `unregister`
+    /// and `consumer_count` answer at once. The consumers themselves are the driver's.
+    registered: Vec<ConsumerId>,
     /// Every handle is gone: the driver stops.
-    pub(crate) handles_gone: bool,
+    handles_gone: bool,
     /// The driver has stopped: commands are refused.
-    pub(crate) closed: bool,
+    closed: bool,
 }
 
-/// A registered consumer and its delivery state.
-pub(crate) struct Slot {
-    pub(crate) id: ConsumerId,
-    pub(crate) consumer: Weak<dyn TokenConsumer>,
-    pub(crate) name: Arc<str>,
-    pub(crate) required: Option<GrantKind>,
-    /// A delivery is in flight.
-    pub(crate) busy: bool,
-    /// The current token has not been delivered yet (it is, once the delivery in flight ends).
-    pub(crate) wants_current: bool,
-    /// Registered, and no token planned for it yet: the `Registered` command delivers one.
-    pub(crate) needs_current: bool,
+/// The current token as handles read it, with its generation (1 for the first token installed).
+pub(super) struct Published {
+    pub(super) token: AccessToken,
+    pub(super) generation: u64,
 }
 
-pub(crate) struct Shared {
-    /// The driver, polled by its task or, when idle, run by a handle; `None` once it has stopped.
-    pub(crate) driver: Mutex<Option<Driver>>,
-    pub(crate) current: TokenCell,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) mailbox: Mutex<Mailbox>,
-    pub(crate) driver_waker: AtomicWaker,
-    pub(crate) events: OnceLock<broadcast::Sender<Event>>,
-    pub(crate) event_capacity: usize,
-    pub(crate) consumers: Mutex<Vec<Slot>>,
-    pub(crate) next_consumer_id: AtomicU64,
-    pub(crate) closed: AtomicBool,
-    pub(crate) closed_notify: Notify,
+pub(super) struct Shared {
+    /// The current token: written by the driver only, read by handles without a lock.
+    pub(super) current: ArcSwapOption<Published>,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) has_fetcher: bool,
+    pub(super) counters: Counters,
+    /// The generation of the last token refused with an "invalid" code; 0 for none.
+    pub(super) invalid_strike: AtomicU64,
+    /// Automatic fetching is stopped until `refresh()` or `update_token()`.
+    pub(super) halted: AtomicBool,
     /// Issuer clock minus manager clock, seconds, as last estimated; `i64::MIN` for none.
-    pub(crate) estimated_offset: AtomicI64,
+    estimated_offset: AtomicI64,
     /// The offset timers and validation use (0 unless clock-skew estimation is on).
-    pub(crate) applied_offset: AtomicI64,
+    applied_offset: AtomicI64,
+    mailbox: Mutex<Mailbox>,
+    driver_waker: AtomicWaker,
+    /// Made on the first subscription: a manager nobody listens to holds no event buffer.
+    events: OnceLock<broadcast::Sender<Event>>,
+    event_capacity: usize,
+    next_consumer_id: AtomicU64,
+    closed: AtomicBool,
+    closed_notify: Notify,
 }
 
-/// `t + d`, saturating far in the future instead of overflowing (a huge timeout never fires).
-pub(crate) fn after(t: SystemTime, d: Duration) -> SystemTime {
-    // A century on is "never" for a token that lives a day, and every platform's clock holds it.
-    t.checked_add(d)
-        .or_else(|| t.checked_add(Duration::from_secs(100 * 365 * 86_400)))
-        .unwrap_or(t)
+/// Locks a mutex whose data stays consistent even if a holder panicked (no user code runs under
+/// these locks).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `t` moved by `secs` seconds (either way), saturating at the representable ends.
-pub(crate) fn shift(t: SystemTime, secs: i64) -> SystemTime {
+pub(super) fn shift(t: SystemTime, secs: i64) -> SystemTime {
     let by = Duration::from_secs(secs.unsigned_abs());
     if secs >= 0 {
-        t.checked_add(by).unwrap_or(t)
+        crate::clock::saturating_add(t, by)
     } else {
         t.checked_sub(by).unwrap_or(UNIX_EPOCH)
     }
 }
 
-/// Locks a mutex whose data stays consistent even if a holder panicked (no user code runs under
-/// these locks).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Shared {
-    pub(crate) fn new(clock: Arc<dyn Clock>, event_capacity: usize) -> Self {
+    pub(super) fn new(clock: Arc<dyn Clock>, has_fetcher: bool, event_capacity: usize) -> Self {
         Shared {
-            driver: Mutex::new(None),
-            current: TokenCell::new(),
+            current: ArcSwapOption::empty(),
             clock,
+            has_fetcher,
+            counters: Counters::default(),
+            invalid_strike: AtomicU64::new(0),
+            halted: AtomicBool::new(false),
+            estimated_offset: AtomicI64::new(i64::MIN),
+            applied_offset: AtomicI64::new(0),
             mailbox: Mutex::new(Mailbox::default()),
             driver_waker: AtomicWaker::new(),
             events: OnceLock::new(),
             event_capacity,
-            consumers: Mutex::new(Vec::new()),
             next_consumer_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             closed_notify: Notify::new(),
-            estimated_offset: AtomicI64::new(i64::MIN),
-            applied_offset: AtomicI64::new(0),
         }
     }
 
+    /// This manager's identity, for telling its own plugins' calls apart.
+    pub(super) fn key(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
     /// Queues a command for the driver; `false` once the driver has stopped.
-    pub(crate) fn send(&self, command: Command) -> bool {
+    pub(super) fn send(&self, command: Command) -> bool {
         let mut mailbox = lock(&self.mailbox);
         if mailbox.closed {
             return false;
@@ -128,23 +155,100 @@ impl Shared {
         true
     }
 
-    pub(crate) fn clock_offset(&self) -> Option<i64> {
+    /// Moves the queued commands into `inbox` (swapped, so that neither queue gives up its
+    /// buffer); `true` once every handle is gone. Registers the driver's waker first, so that a
+    /// command queued after this wakes it.
+    pub(super) fn take_commands(
+        &self,
+        inbox: &mut VecDeque<Command>,
+        waker: &std::task::Waker,
+    ) -> bool {
+        self.driver_waker.register(waker);
+        let mut mailbox = lock(&self.mailbox);
+        std::mem::swap(&mut mailbox.queue, inbox);
+        mailbox.handles_gone
+    }
+
+    /// The last handle is gone: wakes the driver to stop.
+    pub(super) fn handles_gone(&self) {
+        lock(&self.mailbox).handles_gone = true;
+        self.driver_waker.wake();
+    }
+
+    /// Registers a consumer: a fresh id, recorded and sent to the driver in one step. After
+    /// shutdown the id is registered nowhere.
+    pub(super) fn register(&self, make: impl FnOnce(ConsumerId) -> Registration) -> ConsumerId {
+        let id = ConsumerId(self.next_consumer_id.fetch_add(1, Ordering::Relaxed));
+        let mut mailbox = lock(&self.mailbox);
+        if mailbox.closed {
+            return id;
+        }
+        mailbox.registered.push(id);
+        mailbox.queue.push_back(Command::Register(make(id)));
+        drop(mailbox);
+        self.driver_waker.wake();
+        id
+    }
+
+    /// Unregisters a consumer; `false` when it was not registered (or is already gone).
+    pub(super) fn unregister(&self, id: ConsumerId) -> bool {
+        let mut mailbox = lock(&self.mailbox);
+        let Ok(at) = mailbox.registered.binary_search(&id) else {
+            return false;
+        };
+        mailbox.registered.remove(at);
+        if !mailbox.closed {
+            mailbox.queue.push_back(Command::Unregister(id));
+        }
+        drop(mailbox);
+        self.driver_waker.wake();
+        true
+    }
+
+    /// The driver found these consumers dropped by the app.
+    pub(super) fn forget_consumers(&self, gone: &[ConsumerId]) {
+        if !gone.is_empty() {
+            lock(&self.mailbox)
+                .registered
+                .retain(|id| !gone.contains(id));
+        }
+    }
+
+    pub(super) fn consumer_count(&self) -> usize {
+        lock(&self.mailbox).registered.len()
+    }
+
+    pub(super) fn clock_offset(&self) -> Option<i64> {
         match self.estimated_offset.load(Ordering::Acquire) {
             i64::MIN => None,
             secs => Some(secs),
         }
     }
 
-    pub(crate) fn applied_offset(&self) -> i64 {
+    pub(super) fn set_estimated_offset(&self, secs: i64) {
+        self.estimated_offset.store(secs, Ordering::Release);
+    }
+
+    pub(super) fn applied_offset(&self) -> i64 {
         self.applied_offset.load(Ordering::Acquire)
     }
 
-    pub(crate) fn is_closed(&self) -> bool {
+    pub(super) fn set_applied_offset(&self, secs: i64) {
+        self.applied_offset.store(secs, Ordering::Release);
+    }
+
+    /// The manager's now on the issuer's clock (the clock's now unless clock-skew estimation
+    /// applies an offset): the time tokens are judged at.
+    pub(super) fn token_now(&self) -> SystemTime {
+        shift(self.clock.now(), self.applied_offset())
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
     /// Sends an event to the subscribers, if there are any; never blocks.
-    pub(crate) fn emit(&self, make: impl FnOnce() -> Event) {
+    pub(super) fn emit(&self, make: impl FnOnce() -> Event) {
         if let Some(tx) = self.events.get() {
             if tx.receiver_count() > 0 {
                 let _ = tx.send(make());
@@ -152,18 +256,14 @@ impl Shared {
         }
     }
 
-    pub(crate) fn event_sender(&self) -> &broadcast::Sender<Event> {
-        self.events
-            .get_or_init(|| broadcast::channel(self.event_capacity).0)
-    }
-
     /// Marks the driver stopped: refuses further commands and drops the queued ones (their callers
     /// then answer `Closed`), tells subscribers, and wakes `shutdown()` callers.
-    pub(crate) fn close(&self) {
+    pub(super) fn close(&self) {
         let dropped = {
             // Under the mailbox lock, so that `subscribe` either sees `closed` or gets `Closed`.
             let mut mailbox = lock(&self.mailbox);
             mailbox.closed = true;
+            mailbox.registered = Vec::new();
             self.emit(|| Event::Closed);
             self.closed.store(true, Ordering::Release);
             std::mem::take(&mut mailbox.queue)
@@ -172,12 +272,25 @@ impl Shared {
         self.closed_notify.notify_waiters();
     }
 
-    pub(crate) fn subscribe(&self) -> Events {
+    /// Waits until the driver has stopped.
+    pub(super) async fn closed(&self) {
+        let closed = self.closed_notify.notified();
+        tokio::pin!(closed);
+        closed.as_mut().enable();
+        if !self.is_closed() {
+            closed.await;
+        }
+    }
+
+    pub(super) fn subscribe(&self) -> Events {
         let mailbox = lock(&self.mailbox);
         if mailbox.closed {
             return Events::closed();
         }
-        let rx = self.event_sender().subscribe();
+        let tx = self
+            .events
+            .get_or_init(|| broadcast::channel(self.event_capacity).0);
+        let rx = tx.subscribe();
         drop(mailbox);
         Events::new(rx)
     }

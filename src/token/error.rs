@@ -82,28 +82,6 @@ pub enum TokenError {
         /// Seconds until `nbf`.
         in_secs: u64,
     },
-    /// The token is for another user than the token the manager holds (20106, as a grants
-    /// mismatch). A manager keeps one identity for its whole life.
-    #[error(
-        "token is for identity {offered:?}, the manager holds {current:?} (Twilio error 20106)"
-    )]
-    IdentityMismatch {
-        /// The identity of the token held.
-        current: Option<String>,
-        /// The identity of the token offered.
-        offered: Option<String>,
-    },
-    /// The token is for another account than the token the manager holds (20103, as a subject
-    /// mismatch).
-    #[error(
-        "token is for account {offered}, the manager holds account {current} (Twilio error 20103)"
-    )]
-    AccountMismatch {
-        /// The account SID of the token held.
-        current: String,
-        /// The account SID of the token offered.
-        offered: String,
-    },
     /// The token's lifetime exceeds Twilio's 24 h cap (20157).
     #[error("token lifetime of {} exceeds the 24 h maximum (Twilio error 20157)", Secs(*.lifetime_secs))]
     LifetimeTooLong {
@@ -118,10 +96,10 @@ impl TokenError {
         match self {
             TokenError::Malformed { .. } | TokenError::InvalidTimeClaim { .. } => 20101,
             TokenError::InvalidHeader { .. } => 20102,
-            TokenError::InvalidIssuer { .. } | TokenError::AccountMismatch { .. } => 20103,
+            TokenError::InvalidIssuer { .. } => 20103,
             TokenError::InvalidExpiry { .. } | TokenError::Expired { .. } => 20104,
             TokenError::NotYetValid { .. } => 20105,
-            TokenError::InvalidGrants { .. } | TokenError::IdentityMismatch { .. } => 20106,
+            TokenError::InvalidGrants { .. } => 20106,
             TokenError::MalformedSignature { .. } | TokenError::SignatureMismatch => 20107,
             TokenError::LifetimeTooLong { .. } => 20157,
         }

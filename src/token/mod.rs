@@ -155,23 +155,6 @@ pub(crate) fn from_unix_secs(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs.min(MAX_UNIX_SECS))
 }
 
-/// The manager publishes a token's shared part as it is: no allocation per published token.
-impl AccessToken {
-    pub(crate) fn from_shared(inner: Arc<Inner>) -> AccessToken {
-        AccessToken { inner }
-    }
-
-    pub(crate) fn shared(&self) -> &Arc<Inner> {
-        &self.inner
-    }
-
-    /// Where the shared part lives: the same for every clone, and never another token's while
-    /// one clone is alive.
-    pub(crate) fn address(&self) -> usize {
-        Arc::as_ptr(&self.inner) as usize
-    }
-}
-
 impl AccessToken {
     /// Reads a token without checking its signature or the time.
     ///

@@ -89,7 +89,7 @@ async fn run(device_ahead: i64, estimate: bool, style: Style, secs: u64) -> Outc
     loop {
         seen.extend(drain(&mut events).await);
         match clock.next_deadline() {
-            Some(next) if next <= at(T0 + secs) => clock.set(next),
+            Some(next) if next <= at(T0 + secs) => clock.advance_to(next),
             _ => break,
         }
     }

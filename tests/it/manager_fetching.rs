@@ -69,7 +69,7 @@ async fn b5_at_will_expire_the_fetcher_is_called_and_after_exp_fetching_goes_on_
         "fetched although the token is fresh"
     );
 
-    clock.set(at(T0 + 600 - 180));
+    clock.advance_to(at(T0 + 600 - 180));
     let call = calls.next().await;
     assert_eq!(call.request.reason(), FetchReason::WillExpire);
     assert_eq!(call.request.current().unwrap().identity(), Some("alice"));
@@ -79,7 +79,7 @@ async fn b5_at_will_expire_the_fetcher_is_called_and_after_exp_fetching_goes_on_
     call.fail("backend down");
     let failed = next(&mut events).await;
     assert_eq!(retry_at(&failed), Some(at(T0 + 600 - 180 + 1)));
-    clock.set(at(T0 + 600));
+    clock.advance_to(at(T0 + 600));
     let expired = drain(&mut events).await;
     assert_eq!(kinds(&expired), ["expired"]);
     let call = calls.next().await;
@@ -106,7 +106,7 @@ async fn b5_failures_keep_the_token_and_back_off_exponentially_to_the_cap() {
         .build()
         .unwrap();
     let mut events = manager.subscribe();
-    clock.set(at(T0 + 3000));
+    clock.advance_to(at(T0 + 3000));
     let mut waits = Vec::new();
     for attempt in 1..=9u32 {
         let call = calls.next().await;
@@ -136,9 +136,9 @@ async fn b5_failures_keep_the_token_and_back_off_exponentially_to_the_cap() {
             "a failure cost the token"
         );
         // Nothing happens a second early.
-        clock.set(at - secs(1));
+        clock.advance_to(at - secs(1));
         assert!(calls.try_next().await.is_none(), "retried early");
-        clock.set(at);
+        clock.advance_to(at);
     }
     assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
 }
@@ -160,7 +160,7 @@ async fn b5_an_outage_longer_than_the_tokens_life_then_recovery() {
     consumer.wait_calls(1).await;
 
     // Fail every attempt for an hour of fake time, stepping to each retry.
-    clock.set(at(T0 + 120));
+    clock.advance_to(at(T0 + 120));
     let mut attempts = 0;
     while clock.now() < at(T0 + 3600) {
         // Step from timer to timer; answer each fetch with a failure.
@@ -174,7 +174,7 @@ async fn b5_an_outage_longer_than_the_tokens_life_then_recovery() {
             next_at.duration_since(clock.now()).unwrap() <= secs(60),
             "backoff over its 60 s cap"
         );
-        clock.set(next_at);
+        clock.advance_to(next_at);
     }
     assert!(manager.is_expired());
     assert!(
@@ -198,7 +198,7 @@ async fn b5_an_outage_longer_than_the_tokens_life_then_recovery() {
     assert_eq!(consumer.seen().last().unwrap(), &fresh);
     assert!(!manager.is_expired());
     // Recovered: the next fetch is an hour away, and attempts start at 1 again.
-    clock.set(at(secs_now + 3600 - 180));
+    clock.advance_to(at(secs_now + 3600 - 180));
     assert_eq!(calls.next().await.request.attempt(), 1);
 }
 
@@ -215,7 +215,7 @@ async fn b5_a_rejected_fetched_token_keeps_the_current_one_and_is_retried() {
         .build()
         .unwrap();
     let mut events = manager.subscribe();
-    clock.set(at(T0 + 420));
+    clock.advance_to(at(T0 + 420));
     calls.next().await.ok(mint("mallory", T0 + 420, 600));
     let seen = drain(&mut events).await;
     assert_eq!(kinds(&seen), ["will_expire", "rejected", "refresh_failed"]);
@@ -325,7 +325,7 @@ async fn b6_a_permanent_error_stops_retries_until_refresh_or_update() {
         .build()
         .unwrap();
     let mut events = manager.subscribe();
-    clock.set(at(T0 + 420));
+    clock.advance_to(at(T0 + 420));
     calls
         .next()
         .await
@@ -333,7 +333,7 @@ async fn b6_a_permanent_error_stops_retries_until_refresh_or_update() {
     let seen = drain(&mut events).await;
     assert_eq!(kinds(&seen), ["will_expire", "refresh_failed"]);
     assert_eq!(retry_at(&seen[1]), None);
-    clock.set(at(T0 + 7200));
+    clock.advance_to(at(T0 + 7200));
     assert!(
         calls.try_next().await.is_none(),
         "retried after a permanent error"
@@ -354,7 +354,7 @@ async fn b6_a_permanent_error_stops_retries_until_refresh_or_update() {
     // update_token() restarts the cycle: its refresh window brings a fetch again.
     let pushed = mint("alice", T0 + 7200, 600);
     manager.update_token(&pushed).await.unwrap();
-    clock.set(at(T0 + 7200 + 420));
+    clock.advance_to(at(T0 + 7200 + 420));
     assert_eq!(calls.next().await.request.reason(), FetchReason::WillExpire);
 }
 

@@ -274,11 +274,11 @@ impl access_manager::clock::Clock for BreakableClock {
         }
         access_manager::clock::Clock::now(&self.0)
     }
-    fn sleep_until(
-        &self,
-        deadline: std::time::SystemTime,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+    fn sleep_until(&self, deadline: std::time::SystemTime) -> access_manager::clock::Sleep {
         self.0.sleep_until(deadline)
+    }
+    fn sleep(&self, duration: std::time::Duration) -> access_manager::clock::Sleep {
+        self.0.sleep(duration)
     }
 }
 

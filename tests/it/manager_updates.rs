@@ -75,7 +75,7 @@ async fn b1_update_rejects_bad_tokens_and_leaves_state_timers_and_consumers_unto
 
     // Consumers saw only the held token; its timer still fires at exp - 180 s.
     assert_eq!(chat.seen(), vec![held.clone()]);
-    clock.set(at(T0 + 3600 - 180));
+    clock.advance_to(at(T0 + 3600 - 180));
     match next(&mut events).await {
         Event::TokenWillExpire { token } => assert_eq!(token.as_str(), held),
         other => panic!("expected TokenWillExpire, got {other:?}"),
@@ -103,7 +103,7 @@ async fn b2_the_same_token_again_changes_nothing() {
         "no event for the same token"
     );
     assert_eq!(chat.calls(), 1, "no second delivery");
-    clock.set(at(T0 + 3600 - 180));
+    clock.advance_to(at(T0 + 3600 - 180));
     assert_eq!(kinds(&[next(&mut events).await]), ["will_expire"]);
 }
 
@@ -196,7 +196,7 @@ async fn b4_will_expire_fires_at_exp_minus_lead_to_the_second_and_expired_at_exp
     manager.update_token(&jwt).await.unwrap();
     assert_eq!(kinds(&drain(&mut events).await), ["updated"]);
 
-    clock.set(at(T0 + 3600 - 300 - 1));
+    clock.advance_to(at(T0 + 3600 - 300 - 1));
     assert!(
         drain(&mut events).await.is_empty(),
         "WillExpire a second early"
@@ -205,7 +205,7 @@ async fn b4_will_expire_fires_at_exp_minus_lead_to_the_second_and_expired_at_exp
     assert_eq!(kinds(&drain(&mut events).await), ["will_expire"]);
     assert!(!manager.is_expired());
 
-    clock.set(at(T0 + 3600 - 1));
+    clock.advance_to(at(T0 + 3600 - 1));
     assert!(
         drain(&mut events).await.is_empty(),
         "Expired a second early"
@@ -249,12 +249,12 @@ async fn b4_a_replaced_tokens_timers_never_fire() {
     assert_eq!(kinds(&drain(&mut events).await), ["updated", "updated"]);
 
     // The first token's WillExpire (T0+420) and Expired (T0+600) instants pass silently.
-    clock.set(at(T0 + 700));
+    clock.advance_to(at(T0 + 700));
     assert!(
         drain(&mut events).await.is_empty(),
         "a replaced token's timer fired"
     );
-    clock.set(at(T0 + 100 + 3600 - 180));
+    clock.advance_to(at(T0 + 100 + 3600 - 180));
     match next(&mut events).await {
         Event::TokenWillExpire { token } => assert_eq!(token.as_str(), second),
         other => panic!("expected the second token's WillExpire, got {other:?}"),
@@ -282,21 +282,7 @@ async fn b4_an_already_expired_update_is_rejected_and_the_timeline_goes_on() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn an_update_with_no_consumer_to_wait_for_is_answered_at_its_first_poll() {
-    let clock = clock();
-    let manager = manager_holding(&clock, &mint("alice", T0, 3600));
-    let next = mint("alice", T0 + 1, 3600);
-    let mut update = Box::pin(manager.update_token(&next));
-    // No task switch to the manager's task: the caller runs the idle driver's turn itself.
-    match futures::poll!(&mut update) {
-        std::task::Poll::Ready(report) => assert!(report.unwrap().changed()),
-        std::task::Poll::Pending => panic!("an update with nothing to wait for was left pending"),
-    }
-    assert_eq!(manager.token().unwrap().as_str(), next);
-}
-
-#[tokio::test(flavor = "current_thread")]
-async fn an_update_run_by_the_caller_re_arms_an_earlier_timer_on_the_managers_task() {
+async fn a_shorter_token_re_arms_the_timer_for_its_earlier_will_expire() {
     let clock = clock();
     let manager = manager_holding(&clock, &mint("alice", T0, 3600));
     let mut events = manager.subscribe();
@@ -305,7 +291,7 @@ async fn an_update_run_by_the_caller_re_arms_an_earlier_timer_on_the_managers_ta
     // A shorter token: its WillExpire (T0 + 420) is due long before the timer armed.
     manager.update_token(mint("alice", T0, 600)).await.unwrap();
     assert_eq!(kinds(&drain(&mut events).await), ["updated"]);
-    clock.set(at(T0 + 419));
+    clock.advance_to(at(T0 + 419));
     assert!(drain(&mut events).await.is_empty(), "WillExpire early");
     clock.advance(secs(1));
     assert_eq!(
@@ -313,6 +299,6 @@ async fn an_update_run_by_the_caller_re_arms_an_earlier_timer_on_the_managers_ta
         ["will_expire"],
         "WillExpire of the new token not fired at its instant"
     );
-    clock.set(at(T0 + 600));
+    clock.advance_to(at(T0 + 600));
     assert_eq!(kinds(&drain(&mut events).await), ["expired"]);
 }

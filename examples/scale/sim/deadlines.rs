@@ -169,7 +169,7 @@ pub async fn run(config: &Config, live: fn() -> isize) -> Report {
     // Step from deadline to deadline, letting everything due run after each step.
     let started = wall();
     while let Some(deadline) = manual.next_deadline() {
-        manual.set(deadline);
+        manual.advance_to(deadline);
         report.steps += 1;
         tokio::task::yield_now().await;
         if !timers_settled(&manual) {

@@ -7,11 +7,9 @@ pub mod churn;
 pub mod deadlines;
 pub mod storm;
 
-use access_manager::clock::{Clock, ManualClock};
+use access_manager::clock::{Clock, ManualClock, Sleep};
 use access_manager::grants::{ChatGrant, SyncGrant, VideoGrant, VoiceGrant};
 use access_manager::AccessToken;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -110,12 +108,19 @@ impl Clock for CountingClock {
         self.inner.now()
     }
 
-    fn sleep_until(
-        &self,
-        deadline: SystemTime,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+    fn sleep_until(&self, deadline: SystemTime) -> Sleep {
+        self.counted(self.inner.sleep_until(deadline))
+    }
+
+    fn sleep(&self, duration: Duration) -> Sleep {
+        self.counted(self.inner.sleep(duration))
+    }
+}
+
+impl CountingClock {
+    /// `sleep`, counting its polls.
+    fn counted(&self, mut sleep: Sleep) -> Sleep {
         let polls = self.polls.clone();
-        let mut sleep = self.inner.sleep_until(deadline);
         Box::pin(std::future::poll_fn(move |cx| {
             polls.fetch_add(1, Ordering::Relaxed);
             sleep.as_mut().poll(cx)

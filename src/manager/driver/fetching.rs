@@ -1,7 +1,69 @@
 //! The driver's fetching: starting a fetch (single flight, limiter, timeout), taking its result
 //! (validation, the issuer's clock, staleness) and retrying failures with backoff.
 
-use super::*;
+use super::super::error::{RefreshError, UpdateError};
+use super::super::fanout::{drop_caught, panic_message};
+use super::super::reentry::{self, Plugin, Role};
+use super::super::shared::FetchReply;
+use super::super::stats::bump;
+use super::{Driver, Phase, Source, MIN_FETCH_SPACING};
+use crate::event::Event;
+use crate::fetcher::{FetchError, FetchReason, FetchRequest};
+use crate::token::unix_secs;
+use crate::{AccessToken, MAX_LIFETIME};
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+/// The shortest wait between two automatic attempts, whatever the backoff says.
+const MIN_RETRY_WAIT: Duration = Duration::from_millis(100);
+/// The largest issuer clock offset the skew estimate applies.
+const MAX_SKEW: Duration = Duration::from_secs(86_400);
+/// An issuer clock offset above this is reported once as `ClockSkewSuspected`.
+const SKEW_REPORT_THRESHOLD: Duration = Duration::from_secs(300);
+
+/// The fetch in flight and who waits for it.
+pub(super) struct InFlight {
+    future: BoxFuture<'static, Result<String, FetchError>>,
+    waiters: Vec<Waiter>,
+    /// The token generation when the fetch started: a token installed since is newer news.
+    started_generation: u64,
+    started_at: SystemTime,
+}
+
+/// A `refresh()` or `fresh_token()` call joined to the fetch.
+struct Waiter {
+    reply: FetchReply,
+    /// For `fresh_token`: the time the token must have left.
+    min_remaining: Option<Duration>,
+}
+
+impl InFlight {
+    pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<String, FetchError>> {
+        self.future.as_mut().poll(cx)
+    }
+
+    /// Answers the waiters that the fetch will not bring a token.
+    pub(super) fn fail(self, error: RefreshError) {
+        for waiter in self.waiters {
+            let _ = waiter.reply.send(Err(error.clone()));
+        }
+    }
+
+    /// Drops the fetch (a panic in its `Drop` is caught) and answers the waiters with `error`.
+    pub(super) fn cancel(self, error: RefreshError) {
+        let InFlight {
+            future, waiters, ..
+        } = self;
+        let _ = drop_caught(future);
+        for waiter in waiters {
+            let _ = waiter.reply.send(Err(error.clone()));
+        }
+    }
+}
 
 impl Driver {
     pub(super) fn on_refresh(
@@ -10,7 +72,7 @@ impl Driver {
         reply: FetchReply,
         now: SystemTime,
     ) {
-        if self.fetcher.is_none() {
+        if self.config.fetcher.is_none() {
             let _ = reply.send(Err(RefreshError::NoFetcher));
             return;
         }
@@ -21,30 +83,41 @@ impl Driver {
                 return;
             }
         }
+        // The app asks: automatic fetching resumes, whatever stopped it.
+        self.set_halted(false);
+        self.set_invalid_strike(0);
         if self.fetch.is_none() {
             self.failures = 0;
-            self.start_fetch(FetchReason::Manual);
+            self.start_fetch(FetchReason::Manual, now);
         }
         if let Some(fetch) = &mut self.fetch {
-            fetch.waiters.push(reply);
+            fetch.waiters.push(Waiter {
+                reply,
+                min_remaining,
+            });
         }
     }
 
-    pub(super) fn start_fetch(&mut self, reason: FetchReason) {
-        let Some(fetcher) = self.fetcher.clone() else {
+    pub(super) fn start_fetch(&mut self, reason: FetchReason, now: SystemTime) {
+        let Some(fetcher) = self.config.fetcher.clone() else {
             return;
         };
-        self.next_fetch_at = None;
+        self.plan_fetch(None, None);
+        bump(&self.shared.counters.fetches);
         let attempt = self.failures + 1;
         let request = FetchRequest::new(
             reason,
             attempt,
             self.current.as_ref().map(|c| c.token.clone()),
         );
-        let timeout = self.fetch_timeout;
-        let limiter = self.limiter.clone();
+        let timeout = self.config.fetch_timeout;
+        let limiter = self.config.limiter.clone();
         let clock = self.shared.clock.clone();
-        // A root span, whether the driver's task or an app's call started the fetch.
+        let plugin = Plugin {
+            manager: self.shared.key(),
+            role: Role::Fetcher,
+        };
+        // A root span: the fetch belongs to no caller's span.
         let span = tracing::info_span!(parent: None, "fetch", %reason, attempt);
         let future = async move {
             // The timeout runs from when the shared limiter lets the fetch go.
@@ -52,7 +125,7 @@ impl Driver {
                 Some(limiter) => Some(limiter.acquire().await),
                 None => None,
             };
-            let expired = clock.sleep_until(after(clock.now(), timeout));
+            let timer = clock.sleep(timeout);
             // The call itself is inside the caught future: a fetcher may panic before returning one.
             let call =
                 AssertUnwindSafe(async move { fetcher.fetch_token(request).await }).catch_unwind();
@@ -61,16 +134,18 @@ impl Driver {
                 result = call => result.unwrap_or_else(|panic| Err(FetchError::transient(format!(
                     "fetcher panicked: {}", panic_message(&*panic)
                 )))),
-                _ = expired => Err(FetchError::transient(format!(
+                _ = timer => Err(FetchError::transient(format!(
                     "fetch timed out after {} s", timeout.as_secs_f64()
                 ))),
             }
         };
-        self.fetch = Some(InFlight {
+        let future = reentry::scope(plugin, future);
+        self.fetch = Some(Box::new(InFlight {
             future: tracing::Instrument::instrument(future, span).boxed(),
             waiters: Vec::new(),
             started_generation: self.generation,
-        });
+            started_at: now,
+        }));
     }
 
     pub(super) fn on_fetched(&mut self, result: Result<String, FetchError>) {
@@ -78,37 +153,39 @@ impl Driver {
             return;
         };
         let now = self.shared.clock.now();
+        let took = now.duration_since(fetch.started_at).unwrap_or_default();
+        self.shared.counters.set_last_fetch_duration(took);
         let outcome = match result {
             Err(e) => Err(RefreshError::Fetch(Arc::new(e))),
             Ok(jwt) => self.offer_fetched(jwt, now, fetch.started_generation),
         };
-        match outcome {
-            Ok((token, changed)) => {
-                self.failures = 0;
-                if changed {
-                    self.install_and_publish(token.clone(), Source::Fetcher, now, None);
-                } else if self.next_fetch_at.is_none() {
-                    // The backend handed back the token held: wait as for a new short one.
-                    let half_life = self.current.as_ref().map_or(Duration::ZERO, |c| {
-                        c.expires_at.duration_since(now).unwrap_or_default() / 2
-                    });
-                    let at = after(now, half_life.max(MIN_FETCH_SPACING));
-                    self.next_fetch_at = Some(
-                        self.current
-                            .as_ref()
-                            .map_or(at, |c| c.will_expire_at.max(at)),
-                    );
-                }
-                for waiter in fetch.waiters {
-                    let _ = waiter.send(Ok(token.clone()));
-                }
-            }
+        let (token, changed) = match outcome {
+            Ok(taken) => taken,
             Err(error) => {
                 self.on_fetch_failed(&error, now);
-                for waiter in fetch.waiters {
-                    let _ = waiter.send(Err(error.clone()));
-                }
+                (*fetch).fail(error);
+                return;
             }
+        };
+        self.failures = 0;
+        if changed {
+            self.install_and_publish(token.clone(), Source::Fetcher, now, None);
+        } else if let Some(c) = &self.current {
+            // The backend handed back the token held, or an older one: wait as for a new short one.
+            let half_life = c.expires_at.duration_since(now).unwrap_or_default() / 2;
+            let at = c.will_expire_at;
+            self.plan_fetch(Some(at), Some(half_life.max(MIN_FETCH_SPACING)));
+        }
+        let now = self.token_time(now);
+        for waiter in fetch.waiters {
+            let answer = match waiter.min_remaining {
+                Some(wanted) if token.remaining_at(now) < wanted => Err(RefreshError::TooShort {
+                    token: token.clone(),
+                    wanted,
+                }),
+                _ => Ok(token.clone()),
+            };
+            let _ = waiter.reply.send(answer);
         }
     }
 
@@ -119,33 +196,33 @@ impl Driver {
             return;
         };
         let offset = (start as i64).saturating_sub(unix_secs(now) as i64);
-        self.shared
-            .estimated_offset
-            .store(offset, Ordering::Release);
-        let nearly_expired = token.remaining_at(now) < self.refresh_ahead;
+        self.shared.set_estimated_offset(offset);
+        let nearly_expired = token.remaining_at(now) < self.config.refresh_ahead;
         // A token issued in the past with plenty left is a backend's cached token, not a device
         // ahead of the issuer: only a token that also looks (nearly) expired here moves the clock
         // back, or a cached token would be scheduled past its real expiry.
         let applicable = offset >= 0 || nearly_expired;
-        if self.estimate_clock_skew && applicable && offset.unsigned_abs() <= MAX_SKEW.as_secs() {
+        if self.config.estimate_clock_skew
+            && applicable
+            && offset.unsigned_abs() <= MAX_SKEW.as_secs()
+        {
             // Within a couple of seconds the clocks agree: keep exact local scheduling.
             let applied = if offset.unsigned_abs() <= 2 {
                 0
             } else {
                 offset
             };
-            self.shared.applied_offset.store(applied, Ordering::Release);
+            self.shared.set_applied_offset(applied);
         }
         // Issued in the future: the device is behind. Issued long ago and (nearly) expired on the
         // device: it is ahead (or the backend hands out stale tokens; worth saying either way).
-        // Issued long ago with plenty left is a backend's cached token, not a wrong clock.
         let threshold = SKEW_REPORT_THRESHOLD.as_secs() as i64;
         let suspicious = offset > threshold || (offset < -threshold && nearly_expired);
         if suspicious && !self.skew_reported {
             self.skew_reported = true;
             tracing::warn!(
                 offset_secs = offset,
-                applied = self.estimate_clock_skew,
+                applied = self.config.estimate_clock_skew,
                 "the device clock looks wrong: fetched tokens were issued {offset} s from it"
             );
             self.shared.emit(|| Event::ClockSkewSuspected {
@@ -158,7 +235,7 @@ impl Driver {
     /// installed while the fetch ran (the app pushed one), or when skew estimation is on (a stale
     /// token from the backend must not pass for a fresh one).
     fn is_stale(&self, token: &AccessToken, started_generation: u64) -> bool {
-        (self.estimate_clock_skew || self.generation != started_generation)
+        (self.config.estimate_clock_skew || self.generation != started_generation)
             && self
                 .current
                 .as_ref()
@@ -166,23 +243,20 @@ impl Driver {
     }
 
     /// Parses and checks a fetched token: `Ok((token, changed))`, the held token when the fetched
-    /// one is stale, or the rejection.
+    /// one is stale, or the refusal.
     fn offer_fetched(
         &mut self,
         jwt: String,
         now: SystemTime,
         started_generation: u64,
     ) -> Result<(AccessToken, bool), RefreshError> {
-        let rejected = |driver: &Self, e: UpdateError| {
-            driver.reject(&e);
-            match e.token_error() {
-                Some(e) => RefreshError::Rejected(e),
-                None => RefreshError::Closed,
-            }
-        };
-        let token = match AccessToken::parse(&jwt) {
+        let token = match AccessToken::try_from(jwt) {
             Ok(token) => token,
-            Err(e) => return Err(rejected(self, UpdateError::Invalid(e))),
+            Err(e) => {
+                let e = UpdateError::Invalid(e);
+                self.reject(&e);
+                return Err(RefreshError::Rejected(e));
+            }
         };
         self.observe_issuer_clock(&token, now);
         if self.is_stale(&token, started_generation) {
@@ -191,38 +265,46 @@ impl Driver {
                 return Ok((c.token.clone(), false));
             }
         }
-        self.check(&token, now)
-            .map(|changed| (token, changed))
-            .map_err(|e| rejected(self, e))
+        match self.check(&token, now) {
+            Ok(changed) => Ok((token, changed)),
+            Err(e) => {
+                self.reject(&e);
+                Err(RefreshError::Rejected(e))
+            }
+        }
     }
 
     fn on_fetch_failed(&mut self, error: &RefreshError, now: SystemTime) {
         self.failures = self.failures.saturating_add(1);
+        bump(&self.shared.counters.fetch_failures);
         let (permanent, retry_after) = match error {
             RefreshError::Fetch(e) => (e.is_permanent(), e.retry_after()),
             _ => (false, None),
         };
-        let retry_at = if permanent {
+        if permanent {
+            self.set_halted(true);
+        }
+        let retry_at = if self.halted {
+            self.plan_fetch(None, None);
             None
         } else {
             let wait = self
+                .config
                 .backoff
                 .delay(self.failures, &mut self.rng)
                 .max(retry_after.unwrap_or(Duration::ZERO))
                 // A zero backoff must not spin the driver on a fetcher that fails at once.
                 .max(MIN_RETRY_WAIT)
-                // No token lives longer; and `now + Duration::MAX` would panic the driver.
+                // No token lives longer.
                 .min(MAX_LIFETIME);
-            let mut at = after(now, wait);
-            if let Some(c) = &self.current {
-                if c.phase == Phase::Fresh {
-                    // The token is still good: no need to retry before its refresh window.
-                    at = at.max(c.will_expire_at);
-                }
-            }
-            Some(at)
+            // The token is still good: no need to retry before its refresh window.
+            let at = match &self.current {
+                Some(c) if c.phase == Phase::Fresh => c.will_expire_at.max(now),
+                _ => now,
+            };
+            self.plan_fetch(Some(at), Some(wait));
+            Some(at.max(crate::clock::saturating_add(now, wait)))
         };
-        self.next_fetch_at = retry_at;
         tracing::warn!(
             attempt = self.failures,
             permanent,

@@ -1,38 +1,40 @@
-//! The driver: the only place the token, the timers and the fetch change. Its task polls it; when
-//! it is idle, `update_token` runs its turn on the caller's thread under the same lock
-//! ([`run_inline`]), so its changes stay one sequence either way.
+//! The driver: the one owner of the manager's state (the token and its timers, the fetch, the
+//! consumers). It is the manager's task; handles reach it only through the mailbox, and read what
+//! it publishes.
 
-use super::error::{RefreshError, UpdateError, UpdateReport};
-use super::fanout::{panic_message, Fanout, ReportReply};
-use super::shared::{after, lock, shift, Command, Shared};
-use super::AccessManagerBuilder;
+use super::error::{UpdateError, UpdateReport};
+use super::fanout::{drop_caught, Deliverable, Done, Fanout};
+use super::shared::{shift, Command, Published, ReportReply, Shared};
+use super::stats::bump;
 use crate::backoff::{Backoff, SplitMix64};
+use crate::clock::{saturating_add, Sleep};
 use crate::event::Event;
-use crate::fetcher::{FetchError, FetchReason, FetchRequest};
-use crate::token::unix_secs;
-use crate::{AccessToken, FetchLimiter, TokenFetcher, MAX_LIFETIME};
-use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
+use crate::fetcher::FetchReason;
+use crate::{AccessToken, FetchLimiter, TokenFetcher};
 use std::collections::VecDeque;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
-use tokio::sync::oneshot;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod fetching;
+mod session;
 
-/// The shortest wait before an automatic fetch after a token arrived (behaviour 7).
-const MIN_FETCH_SPACING: Duration = Duration::from_secs(1);
-/// The shortest wait between two automatic attempts, whatever the backoff says.
-const MIN_RETRY_WAIT: Duration = Duration::from_millis(100);
-/// The largest issuer clock offset the skew estimate applies.
-const MAX_SKEW: Duration = Duration::from_secs(86_400);
-/// An issuer clock offset above this is reported once as `ClockSkewSuspected`.
-const SKEW_REPORT_THRESHOLD: Duration = Duration::from_secs(300);
+use fetching::InFlight;
+
+/// What the builder hands the driver.
+pub(super) struct Config {
+    pub(super) fetcher: Option<Arc<dyn TokenFetcher>>,
+    pub(super) refresh_ahead: Duration,
+    pub(super) fetch_timeout: Duration,
+    pub(super) consumer_timeout: Duration,
+    pub(super) backoff: Backoff,
+    pub(super) seed: u64,
+    pub(super) limiter: Option<FetchLimiter>,
+    pub(super) refresh_jitter: Duration,
+    pub(super) estimate_clock_skew: bool,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Phase {
@@ -41,22 +43,16 @@ enum Phase {
     Expired,
 }
 
+/// The current token and where it stands.
 struct Current {
     token: AccessToken,
+    generation: u64,
     phase: Phase,
+    /// On the manager's clock (the issuer's times shifted by the estimated offset).
     will_expire_at: SystemTime,
     expires_at: SystemTime,
-}
-
-type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-type FetchReply = oneshot::Sender<Result<AccessToken, RefreshError>>;
-
-struct InFlight {
-    future: BoxFuture<'static, Result<String, FetchError>>,
-    waiters: Vec<FetchReply>,
-    /// The token generation when the fetch started: a token installed since is newer news.
-    started_generation: u64,
+    /// A service refused it: it is not delivered again.
+    refused: bool,
 }
 
 /// Where an offered token came from.
@@ -68,170 +64,83 @@ enum Source {
 
 pub(super) struct Driver {
     shared: Arc<Shared>,
-    fetcher: Option<Arc<dyn TokenFetcher>>,
-    refresh_ahead: Duration,
-    fetch_timeout: Duration,
-    backoff: Backoff,
+    config: Config,
     rng: SplitMix64,
     current: Option<Current>,
+    /// The generation of the last token installed (0 before the first).
     generation: u64,
-    fetch: Option<InFlight>,
-    /// When the next automatic fetch starts (none while one is in flight or after a permanent
-    /// failure).
-    next_fetch_at: Option<SystemTime>,
+    /// Boxed: most of the time there is none, and an idle manager is mostly its driver.
+    fetch: Option<Box<InFlight>>,
+    /// The next automatic fetch starts once the wall clock reaches this…
+    next_fetch: Option<SystemTime>,
+    /// …and this elapsed-time wait (backoff after a failure, spacing after a short token) is over.
+    fetch_wait: Option<Sleep>,
     /// Failed attempts of the refresh under way.
     failures: u32,
+    /// Automatic fetching stopped (a permanent failure, a service refusing every token, sign-out)
+    /// until `refresh()` or `update_token()`.
+    halted: bool,
     fanout: Fanout,
     /// The commands of the turn, swapped with the mailbox's queue.
     inbox: VecDeque<Command>,
-    sleep: Option<(SystemTime, Sleep)>,
-    limiter: Option<FetchLimiter>,
-    refresh_jitter: Duration,
-    estimate_clock_skew: bool,
+    /// The armed wall-clock timer and its deadline.
+    timer: Option<(SystemTime, Sleep)>,
     skew_reported: bool,
     stopped: bool,
 }
 
-static SEED_COUNTER: AtomicU64 = AtomicU64::new(0x5EED);
-
-/// The manager's task: polls the driver, which lives in [`Shared`] so that a handle can run a
-/// command itself when the driver is idle ([`run_inline`]). Costs one pointer more than the driver.
-pub(super) struct DriverTask(pub(super) Arc<Shared>);
-
-impl Future for DriverTask {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let shared = &self.0;
-        // Registered before reading the mailbox: a command queued after this wakes the task.
-        shared.driver_waker.register(cx.waker());
-        let mut slot = lock(&shared.driver);
-        let Some(driver) = slot.as_mut() else {
-            return Poll::Ready(());
-        };
-        if driver.step(cx).is_pending() {
-            return Poll::Pending;
-        }
-        // Stopped outside the lock: the driver's `Drop` closes the manager and drops user code.
-        let driver = slot.take();
-        drop(slot);
-        drop(driver);
-        Poll::Ready(())
-    }
-}
-
-/// However the task ends (shutdown, the runtime dropping it, a bug's panic), the manager closes,
-/// and the driver's `Arc` of the shared state goes with it.
-impl Drop for DriverTask {
-    fn drop(&mut self) {
-        let driver = lock(&self.0.driver).take();
-        drop(driver);
-    }
-}
-
-/// Runs `command` on the caller's thread when the driver is idle (no poll under way, nothing
-/// queued), so that the caller has its answer without waiting for the driver's task; the task is
-/// woken only when the command left it something to do. Gives the command back otherwise.
-///
-/// A panic in the turn (a bug, or the app's `Clock` panicking) closes the manager, as it would on
-/// the task: the driver is dropped, and the caller's reply with it (`Closed`).
-pub(super) fn run_inline(shared: &Shared, command: Command) -> Result<(), Command> {
-    let Ok(mut slot) = shared.driver.try_lock() else {
-        return Err(command);
-    };
-    let Some(driver) = slot.as_mut() else {
-        return Err(command);
-    };
-    {
-        let mailbox = lock(&shared.mailbox);
-        // Queued commands go first: they wait for the task, and so does this one.
-        if mailbox.closed || mailbox.handles_gone || !mailbox.queue.is_empty() {
-            return Err(command);
-        }
-    }
-    // A turn of the driver's, as `step` takes it: timers first, then the command.
-    let turn = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let now = shared.clock.now();
-        driver.on_time(now);
-        driver.on_command(command, now);
-        driver.needs_poll()
-    }));
-    match turn {
-        Ok(wake) => {
-            drop(slot);
-            if wake {
-                shared.driver_waker.wake();
-            }
-        }
-        Err(_) => {
-            tracing::error!("the manager's driver panicked; the manager closes");
-            let driver = slot.take();
-            drop(slot);
-            // Its `Drop` closes the manager; the task then finds the slot empty and ends.
-            drop(driver);
-            shared.driver_waker.wake();
-        }
-    }
-    Ok(())
-}
-
-/// The driver stops when it is dropped, whatever the reason.
+/// The driver stops when it is dropped, whatever the reason (shutdown, the last handle gone, the
+/// runtime dropping its task): the manager closes.
 impl Drop for Driver {
     fn drop(&mut self) {
         self.stop();
     }
 }
 
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let driver = &mut *self;
+        if driver.stopped || driver.step(cx).is_ready() {
+            driver.stop();
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
 impl Driver {
-    pub(super) fn new(
-        config: AccessManagerBuilder,
-        shared: Arc<Shared>,
-        initial: Option<AccessToken>,
-    ) -> Self {
+    pub(super) fn new(config: Config, shared: Arc<Shared>, initial: Option<AccessToken>) -> Self {
         let now = shared.clock.now();
-        let seed = config.seed.unwrap_or_else(|| {
-            let nanos = now
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
-            nanos
-                ^ SEED_COUNTER
-                    .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-                    .rotate_left(17)
-        });
         let mut driver = Driver {
-            fetcher: config.fetcher,
-            refresh_ahead: config.refresh_ahead,
-            fetch_timeout: config.fetch_timeout,
-            backoff: config.backoff,
-            rng: SplitMix64::new(seed),
+            rng: SplitMix64::new(config.seed),
+            fanout: Fanout::new(config.consumer_timeout),
+            config,
+            shared,
             current: None,
             generation: 0,
             fetch: None,
-            next_fetch_at: None,
+            next_fetch: None,
+            fetch_wait: None,
             failures: 0,
-            fanout: Fanout::new(config.consumer_timeout, 0),
+            halted: false,
             inbox: VecDeque::new(),
-            sleep: None,
-            limiter: config.limiter,
-            refresh_jitter: config.refresh_jitter,
-            estimate_clock_skew: config.estimate_clock_skew,
+            timer: None,
             skew_reported: false,
             stopped: false,
-            shared,
         };
         match initial {
-            Some(token) => {
-                driver.install(token, Source::App, now);
-            }
-            None if driver.fetcher.is_some() => driver.next_fetch_at = Some(now),
+            Some(token) => driver.install(token, Source::App, now),
+            None if driver.config.fetcher.is_some() => driver.plan_fetch(Some(now), None),
             None => {}
         }
         driver
     }
 
-    /// Stops: drops the fetcher, the fetch in flight, the deliveries and the timers (their callers
-    /// answer `Closed`), then marks the manager closed, so that `shutdown()` returns once all of
-    /// it is gone.
+    /// Stops: drops the fetcher, the fetch in flight, the consumers' calls and the timers (their
+    /// callers answer `Closed`) and forgets the token, then marks the manager closed, so that
+    /// `shutdown()` returns once all of it is gone.
     fn stop(&mut self) {
         if self.stopped {
             return;
@@ -239,27 +148,26 @@ impl Driver {
         self.stopped = true;
         // Dropping these runs user code (a fetch future's or the fetcher's `Drop`): a panic there
         // must not keep the manager from closing, or `shutdown()` would wait forever.
-        let owned = (self.fetch.take(), self.fetcher.take(), self.sleep.take());
-        let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(owned)));
+        let owned = (
+            self.fetch.take(),
+            self.config.fetcher.take(),
+            self.timer.take(),
+            self.fetch_wait.take(),
+        );
+        let _ = drop_caught(owned);
         self.fanout.abandon();
         self.current = None;
+        self.shared.current.store(None);
         self.shared.close();
     }
 
-    /// One pass: timers, commands, then whatever finished; `true` when something happened that
-    /// may have made more work ready.
+    /// Runs until nothing is ready: commands, then whatever finished; `Ready` to stop.
     fn step(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
-            // One clock reading a turn (commands run no user code, so the turn takes no time).
-            // Timers first, so that commands see the state as of now.
+            let handles_gone = self.shared.take_commands(&mut self.inbox, cx.waker());
+            // One clock reading a pass. Timers first, so that commands see the state as of now.
             let now = self.shared.clock.now();
             self.on_time(now);
-            let handles_gone = {
-                let mut mailbox = lock(&self.shared.mailbox);
-                // Swapped rather than taken, so that neither queue gives up its buffer.
-                std::mem::swap(&mut mailbox.queue, &mut self.inbox);
-                mailbox.handles_gone
-            };
             while let Some(command) = self.inbox.pop_front() {
                 if let Command::Shutdown = command {
                     return Poll::Ready(());
@@ -269,25 +177,29 @@ impl Driver {
             if handles_gone {
                 return Poll::Ready(());
             }
-            self.on_time(now);
-
             if let Some(fetch) = &mut self.fetch {
-                if let Poll::Ready(result) = fetch.future.as_mut().poll(cx) {
+                if let Poll::Ready(result) = fetch.poll(cx) {
                     self.on_fetched(result);
                     continue;
                 }
             }
-            if let Poll::Ready(Some(done)) = self.fanout.poll_delivered(cx) {
-                self.fanout.finish(&self.shared, done);
+            if let Poll::Ready(Some(done)) = self.fanout.poll_done(cx) {
+                self.on_delivered(done);
                 continue;
+            }
+            if let Some(wait) = &mut self.fetch_wait {
+                if wait.as_mut().poll(cx).is_ready() {
+                    self.fetch_wait = None;
+                    continue;
+                }
             }
             let deadline = self.next_deadline();
             if self.must_rearm(deadline) {
-                self.sleep = deadline.map(|d| (d, self.shared.clock.sleep_until(d)));
+                self.timer = deadline.map(|d| (d, self.shared.clock.sleep_until(d)));
             }
-            if let Some((_, sleep)) = &mut self.sleep {
-                if sleep.as_mut().poll(cx).is_ready() {
-                    self.sleep = None;
+            if let Some((_, timer)) = &mut self.timer {
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.timer = None;
                     continue;
                 }
             }
@@ -295,70 +207,82 @@ impl Driver {
         }
     }
 
+    /// The next wall-clock instant something is due: the token's next phase, or the automatic
+    /// fetch once its elapsed-time wait is over.
     fn next_deadline(&self) -> Option<SystemTime> {
-        let timer = self.current.as_ref().and_then(|c| match c.phase {
+        let phase = self.current.as_ref().and_then(|c| match c.phase {
             Phase::Fresh => Some(c.will_expire_at),
             Phase::WillExpire => Some(c.expires_at),
             Phase::Expired => None,
         });
-        let fetch = if self.fetch.is_none() {
-            self.next_fetch_at
-        } else {
-            None
+        let fetch = match (&self.fetch, &self.fetch_wait) {
+            (None, None) => self.next_fetch,
+            _ => None,
         };
-        match (timer, fetch) {
+        match (phase, fetch) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
-    /// Whether the task must run for what a command run inline started: a fetch or deliveries to
-    /// poll, or a timer due before the one armed.
-    fn needs_poll(&self) -> bool {
-        if self.fetch.is_some() || self.fanout.is_busy() {
-            return true;
-        }
-        let deadline = self.next_deadline();
-        // A sleep that is no longer needed is dropped at the task's next turn, whenever it comes.
-        deadline.is_some() && self.must_rearm(deadline)
-    }
-
-    /// Whether the sleep armed does not serve `deadline`. One armed no later than the deadline is
+    /// Whether the armed timer does not serve `deadline`. One armed no later than the deadline is
     /// kept: waking early only runs the loop once more, and re-arming on every new token would cost
     /// a timer each update.
     fn must_rearm(&self, deadline: Option<SystemTime>) -> bool {
-        let armed = self.sleep.as_ref().map(|(d, _)| *d);
+        let armed = self.timer.as_ref().map(|(d, _)| *d);
         let early_enough = matches!((armed, deadline), (Some(a), Some(d)) if a <= d);
         armed != deadline && !early_enough
     }
 
     fn on_command(&mut self, command: Command, now: SystemTime) {
         match command {
-            Command::Update { token, reply } => self.on_update(token, reply, now),
+            Command::Update {
+                token,
+                reply,
+                from_consumer,
+            } => self.on_update(token, reply, from_consumer, now),
             Command::Rejected(error) => {
-                self.shared.emit(|| Event::TokenRejected { error });
+                self.reject(&UpdateError::Invalid(error));
             }
             Command::Refresh {
                 min_remaining,
                 reply,
             } => self.on_refresh(min_remaining, reply, now),
-            Command::Registered(id) => {
-                if let Some(c) = &self.current {
-                    let token = c.token.clone();
-                    self.fanout
-                        .deliver_one(&self.shared, id, &token, self.generation);
-                }
+            Command::Register(registration) => {
+                let current = deliverable(&self.current);
+                self.fanout.register(&self.shared, registration, current);
             }
-            Command::Unregistered(id) => self.fanout.forget(id),
+            Command::Unregister(id) => self.fanout.unregister(&self.shared, id),
+            Command::ServiceRefused {
+                code,
+                generation,
+                action,
+            } => self.on_service_refused(code, generation, action, now),
+            Command::SignOut { reply } => self.on_sign_out(reply),
+            Command::Resume => self.on_resume(now),
             Command::Shutdown => {}
         }
     }
 
-    /// Checks an offered token against the clock (on the issuer's time when skew is estimated) and
-    /// the token held.
+    /// A consumer's call ended.
+    fn on_delivered(&mut self, done: Done) {
+        let current = deliverable(&self.current);
+        if let Some(refusal) = self.fanout.finish(&self.shared, done, current) {
+            let now = self.shared.clock.now();
+            self.on_consumer_refused(refusal, now);
+        }
+    }
+
+    /// The manager's now on the issuer's clock, at which tokens are judged.
+    fn token_time(&self, now: SystemTime) -> SystemTime {
+        shift(now, self.shared.applied_offset())
+    }
+
+    /// Checks an offered token against the time and the token held: `Ok(false)` for the token
+    /// held.
     fn check(&self, token: &AccessToken, now: SystemTime) -> Result<bool, UpdateError> {
         token
-            .validate_at(shift(now, self.shared.applied_offset()))
+            .validate_at(self.token_time(now))
             .map_err(UpdateError::Invalid)?;
         if let Some(current) = &self.current {
             let held = &current.token;
@@ -381,31 +305,42 @@ impl Driver {
         Ok(true)
     }
 
+    /// Counts, logs and tells subscribers of a refused token.
     fn reject(&self, error: &UpdateError) {
         if let Some(error) = error.token_error() {
+            bump(&self.shared.counters.tokens_rejected);
             tracing::warn!(code = error.code(), %error, "token rejected");
             self.shared.emit(|| Event::TokenRejected { error });
         }
     }
 
-    fn on_update(&mut self, token: AccessToken, reply: ReportReply, now: SystemTime) {
+    fn on_update(
+        &mut self,
+        token: AccessToken,
+        reply: ReportReply,
+        from_consumer: bool,
+        now: SystemTime,
+    ) {
         match self.check(&token, now) {
             Err(e) => {
                 self.reject(&e);
                 let _ = reply.send(Err(e));
             }
             Ok(false) => {
-                let _ = reply.send(Ok(UpdateReport {
-                    token,
-                    changed: false,
-                    delivered: 0,
-                    failures: Vec::new(),
-                }));
+                let _ = reply.send(Ok(UpdateReport::unchanged(token)));
             }
             Ok(true) => {
                 // A pushed token restarts the refresh cycle, after a permanent failure too.
                 self.failures = 0;
-                self.install_and_publish(token, Source::App, now, Some(reply));
+                self.halted = false;
+                self.set_invalid_strike(0);
+                if from_consumer {
+                    // Its caller is a consumer: deliveries would wait for it.
+                    self.install_and_publish(token.clone(), Source::App, now, None);
+                    let _ = reply.send(Ok(UpdateReport::undelivered(token)));
+                } else {
+                    self.install_and_publish(token, Source::App, now, Some(reply));
+                }
             }
         }
     }
@@ -416,23 +351,31 @@ impl Driver {
         // On the manager's clock: the issuer's `exp` less the issuer's lead.
         let expires_at = shift(token.expires_at(), -self.shared.applied_offset());
         let will_expire_at = expires_at
-            .checked_sub(self.refresh_ahead)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        self.shared.current.publish(&token);
-        if self.fetcher.is_some() {
-            let mut at = after(will_expire_at, self.rng.up_to(self.refresh_jitter));
-            if source == Source::Fetcher {
-                // Tokens shorter than the lead must not make the fetcher loop.
-                let half_life = expires_at.duration_since(now).unwrap_or_default() / 2;
-                at = at.max(after(now, half_life.max(MIN_FETCH_SPACING)));
-            }
-            self.next_fetch_at = Some(at);
+            .checked_sub(self.config.refresh_ahead)
+            .unwrap_or(UNIX_EPOCH);
+        self.shared.current.store(Some(Arc::new(Published {
+            token: token.clone(),
+            generation: self.generation,
+        })));
+        bump(&self.shared.counters.tokens_installed);
+        if self.config.fetcher.is_some() && !self.halted {
+            let at = saturating_add(will_expire_at, self.rng.up_to(self.config.refresh_jitter));
+            // Tokens shorter than the lead must not make the fetcher loop (behaviour 7).
+            let spacing = (source == Source::Fetcher)
+                .then(|| {
+                    let half_life = expires_at.duration_since(now).unwrap_or_default() / 2;
+                    half_life.max(MIN_FETCH_SPACING)
+                })
+                .filter(|spacing| saturating_add(now, *spacing) > at);
+            self.plan_fetch(Some(at), spacing);
         }
         self.current = Some(Current {
             token,
+            generation: self.generation,
             phase: Phase::Fresh,
             will_expire_at,
             expires_at,
+            refused: false,
         });
     }
 
@@ -452,12 +395,27 @@ impl Driver {
         );
         let updated = token.clone();
         self.shared.emit(|| Event::TokenUpdated { token: updated });
-        self.fanout
-            .publish(&self.shared, &token, self.generation, reply);
+        let current = Deliverable {
+            token: &token,
+            generation: self.generation,
+        };
+        self.fanout.publish(&self.shared, current, reply);
         self.on_time(now);
     }
 
-    /// Fires due timers: WillExpire, Expired, and the automatic fetch.
+    /// Plans the next automatic fetch: once the wall clock reaches `at` and `wait` has elapsed.
+    fn plan_fetch(&mut self, at: Option<SystemTime>, wait: Option<Duration>) {
+        self.next_fetch = at;
+        self.fetch_wait = wait.map(|wait| self.shared.clock.sleep(wait));
+        let now = self.shared.clock.now();
+        let planned = at.map(|at| match wait {
+            Some(wait) => at.max(saturating_add(now, wait)),
+            None => at,
+        });
+        self.shared.counters.set_next_fetch_at(planned);
+    }
+
+    /// Fires what is due: WillExpire, Expired, and the automatic fetch.
     fn on_time(&mut self, now: SystemTime) {
         if let Some(c) = &mut self.current {
             if c.phase == Phase::Fresh && now >= c.will_expire_at {
@@ -472,15 +430,37 @@ impl Driver {
                 self.shared.emit(|| Event::TokenExpired { token });
             }
         }
-        if self.fetch.is_none() && self.next_fetch_at.is_some_and(|at| now >= at) {
+        let due = self.next_fetch.is_some_and(|at| now >= at);
+        if due && self.fetch.is_none() && self.fetch_wait.is_none() && !self.halted {
             let reason = match &self.current {
                 None => FetchReason::Initial,
                 Some(c) if now >= c.expires_at => FetchReason::Expired,
                 Some(_) => FetchReason::WillExpire,
             };
-            self.start_fetch(reason);
+            self.start_fetch(reason, now);
         }
     }
+
+    /// Publishes the generation of the last token refused with an invalid code (0: none).
+    fn set_invalid_strike(&self, generation: u64) {
+        self.shared
+            .invalid_strike
+            .store(generation, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// The shortest wait before an automatic fetch after a fetched token arrived (behaviour 7).
+const MIN_FETCH_SPACING: Duration = Duration::from_secs(1);
+
+/// The current token, unless a service refused it.
+fn deliverable(current: &Option<Current>) -> Option<Deliverable<'_>> {
+    current
+        .as_ref()
+        .filter(|c| !c.refused)
+        .map(|c| Deliverable {
+            token: &c.token,
+            generation: c.generation,
+        })
 }
 
 #[cfg(test)]

@@ -1,0 +1,158 @@
+//! Service feedback: what the manager does when a Twilio service refuses its token.
+//!
+//! One rule for the app's reports ([`AccessManager::report_service_error`]) and for consumers'
+//! refusals ([`ConsumerError::rejected`]), about the token the service refused:
+//!
+//! | class | codes | action |
+//! |---|---|---|
+//! | stale: a new token fixes it | 20104 expired, 20105 not yet valid, 51215 unauthorized | [`Refresh`](ServiceAction::Refresh) |
+//! | invalid: the backend mints tokens the service refuses | 20101 invalid, 20102 invalid header, 20103 invalid issuer/subject, 20106 invalid grants, 20107 invalid signature, 20151 unable to authenticate, 20157 lifetime too long, 20160 invalid access token, 51007 token authentication rejected | [`Refresh`](ServiceAction::Refresh) the first time; [`Permanent`](ServiceAction::Permanent) when the next token is refused in this class too |
+//! | anything else, or a manager without a fetcher | | [`Ignore`](ServiceAction::Ignore) |
+//!
+//! While automatic fetching is stopped (after a permanent fetch failure, a `Permanent` action or a
+//! sign-out), stale and invalid codes answer `Permanent`: nothing is fetched until the app acts.
+//!
+//! `Refresh` fetches at once (reason [`FetchReason::Rejected`]), joining a fetch in flight, and the
+//! refused token is not delivered again. `Permanent` stops automatic fetching until
+//! [`refresh()`](crate::AccessManager::refresh) or [`update_token()`](crate::AccessManager::update_token):
+//! the backend must be fixed, not hammered. A report about a token the manager has already replaced
+//! is `Ignore`d: the service has not seen the new one yet. Every report is an
+//! [`Event::ServiceRejected`](crate::Event::ServiceRejected).
+//!
+//! [`AccessManager::report_service_error`]: crate::AccessManager::report_service_error
+//! [`ConsumerError::rejected`]: crate::ConsumerError::rejected
+//! [`FetchReason::Rejected`]: crate::FetchReason::Rejected
+
+use std::fmt;
+
+/// What the manager does about a service's refusal of its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ServiceAction {
+    /// A new token is being fetched at once; the refused one is not delivered again.
+    Refresh,
+    /// The backend's tokens keep being refused: no automatic fetch until `refresh()` or
+    /// `update_token()`.
+    Permanent,
+    /// Nothing to do: the code says nothing about the token, the token was already replaced, or
+    /// the manager has no fetcher.
+    Ignore,
+}
+
+impl fmt::Display for ServiceAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServiceAction::Refresh => "refresh",
+            ServiceAction::Permanent => "permanent",
+            ServiceAction::Ignore => "ignore",
+        })
+    }
+}
+
+/// The codes a new token fixes.
+const STALE: [u32; 3] = [20104, 20105, 51215];
+/// The codes that say the backend mints tokens the service refuses.
+const INVALID: [u32; 9] = [
+    20101, 20102, 20103, 20106, 20107, 20151, 20157, 20160, 51007,
+];
+
+/// What the manager knows when a refusal comes in.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Situation {
+    pub(super) has_fetcher: bool,
+    /// The generation of the token held, if any.
+    pub(super) current: Option<u64>,
+    /// The generation of the last token refused with an invalid code (0 for none).
+    pub(super) invalid_strike: u64,
+    /// Automatic fetching is stopped until `refresh()` or `update_token()`.
+    pub(super) halted: bool,
+}
+
+/// Whether `code` is in the invalid class.
+pub(super) fn is_invalid(code: u32) -> bool {
+    INVALID.contains(&code)
+}
+
+/// The action for a refusal with `code` of the token of `refused` generation.
+pub(super) fn decide(code: u32, refused: u64, now: Situation) -> ServiceAction {
+    if !now.has_fetcher || now.current != Some(refused) {
+        return ServiceAction::Ignore;
+    }
+    let refused_class = STALE.contains(&code) || is_invalid(code);
+    if refused_class && now.halted {
+        // The backend must be fixed first: the app resumes with `refresh()` or `update_token()`.
+        ServiceAction::Permanent
+    } else if STALE.contains(&code) {
+        ServiceAction::Refresh
+    } else if is_invalid(code) {
+        if now.invalid_strike != 0 && now.invalid_strike + 1 == refused {
+            ServiceAction::Permanent
+        } else {
+            ServiceAction::Refresh
+        }
+    } else {
+        ServiceAction::Ignore
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(current: u64, strike: u64) -> Situation {
+        Situation {
+            has_fetcher: true,
+            current: Some(current),
+            invalid_strike: strike,
+            halted: false,
+        }
+    }
+
+    #[test]
+    fn stale_codes_refresh_every_time() {
+        for code in STALE {
+            assert_eq!(decide(code, 3, at(3, 2)), ServiceAction::Refresh);
+        }
+    }
+
+    #[test]
+    fn invalid_codes_refresh_once_then_turn_permanent_for_the_next_token() {
+        for code in INVALID {
+            assert_eq!(decide(code, 3, at(3, 0)), ServiceAction::Refresh, "{code}");
+            assert_eq!(decide(code, 3, at(3, 3)), ServiceAction::Refresh, "{code}");
+            assert_eq!(
+                decide(code, 4, at(4, 3)),
+                ServiceAction::Permanent,
+                "{code}"
+            );
+            assert_eq!(decide(code, 6, at(6, 3)), ServiceAction::Refresh, "{code}");
+        }
+    }
+
+    #[test]
+    fn while_automatic_fetching_is_stopped_refusals_stay_permanent() {
+        let halted = Situation {
+            halted: true,
+            ..at(3, 0)
+        };
+        assert_eq!(decide(51215, 3, halted), ServiceAction::Permanent);
+        assert_eq!(decide(20107, 3, halted), ServiceAction::Permanent);
+        assert_eq!(decide(20003, 3, halted), ServiceAction::Ignore);
+    }
+
+    #[test]
+    fn other_codes_replaced_tokens_and_fetcherless_managers_are_ignored() {
+        assert_eq!(decide(20003, 3, at(3, 0)), ServiceAction::Ignore);
+        assert_eq!(decide(20104, 2, at(3, 0)), ServiceAction::Ignore);
+        let no_token = Situation {
+            current: None,
+            ..at(3, 0)
+        };
+        assert_eq!(decide(20104, 3, no_token), ServiceAction::Ignore);
+        let no_fetcher = Situation {
+            has_fetcher: false,
+            ..at(3, 0)
+        };
+        assert_eq!(decide(20104, 3, no_fetcher), ServiceAction::Ignore);
+    }
+}
