@@ -77,9 +77,9 @@ impl ConsumerError {
     }
 
     /// The SDK's service refused the token with this Twilio error code (51215, 20104, …): the
-    /// manager acts on it as on [`AccessManager::report_service_error`]
-    /// (crate::AccessManager::report_service_error), fetching a new token at once for a stale or
-    /// invalid token.
+    /// manager acts on it as on
+    /// [`AccessManager::report_service_error`](crate::AccessManager::report_service_error),
+    /// fetching a new token at once for a stale or invalid token.
     ///
     /// ```
     /// use access_manager::ConsumerError;
