@@ -25,4 +25,5 @@ mod store;
 mod token_lazy_grants;
 mod token_proptest;
 mod token_rules;
+mod token_server_example;
 mod vectors;
