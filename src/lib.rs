@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod store;
 mod token;
 
 pub use token::grants;

@@ -206,6 +206,22 @@ fn program() -> &'static PathBuf {
         if cfg!(feature = "http") {
             cmd.args(["--features", "http"]);
         }
+        // Cargo sets these for tests, not in a shell; ring's build script reads them, and a change
+        // would rebuild ring and all above it here, and again at the next `cargo test`.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_PRIMARY_",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p))
+            {
+                cmd.env_remove(&*name);
+            }
+        }
         let output = cmd
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stderr(Stdio::inherit())

@@ -1,0 +1,426 @@
+//! The `token_server` example: served in process on loopback and fetched with `HttpFetcher`, its
+//! configuration from the environment, and the built program's exit status and log lines.
+#![cfg(feature = "http")]
+
+#[allow(dead_code)] // its `main` is only for the program
+#[path = "../../examples/token_server.rs"]
+mod token_server;
+
+use access_manager::clock::{Clock, SystemClock};
+use access_manager::http::{HttpFetcher, HttpFetcherError};
+use access_manager::{AccessToken, FetchError, FetchReason, FetchRequest, TokenFetcher};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::error::Error as _;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+use token_server::{serve, Config, USERS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
+const KEY: &str = "SKfedcba9876543210fedcba9876543210";
+const SECRET: &str = "token-server-test-secret-5f1e";
+const CHAT: &str = "IS00000000000000000000000000000001";
+const SYNC: &str = "IS00000000000000000000000000000002";
+const VOICE_APP: &str = "AP00000000000000000000000000000003";
+const WRONG_KEY: &str = "mallory-guessed-key";
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn required() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("TWILIO_ACCOUNT_SID", ACCOUNT),
+        ("TWILIO_API_KEY_SID", KEY),
+        ("TWILIO_API_KEY_SECRET", SECRET),
+    ]
+}
+
+fn every_grant() -> HashMap<String, String> {
+    let mut pairs = required();
+    pairs.extend([
+        ("TWILIO_CHAT_SERVICE_SID", CHAT),
+        ("TWILIO_SYNC_SERVICE_SID", SYNC),
+        ("TWILIO_VOICE_APP_SID", VOICE_APP),
+        ("TOKEN_TTL_SECS", "300"),
+    ]);
+    env(&pairs)
+}
+
+fn key_of(user: &str) -> &'static str {
+    USERS.iter().find(|(_, u)| *u == user).unwrap().0
+}
+
+/// The server running in this test's runtime; stopped when dropped.
+struct Running {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn start(env: HashMap<String, String>) -> Running {
+    let config = Config::from_env_map(&env).expect("a valid configuration");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(serve(listener, config));
+    Running { addr, task }
+}
+
+/// `POST /token` through an `HttpFetcher`, as an app would, with this bearer key (if any).
+async fn fetch(addr: SocketAddr, key: Option<&str>) -> Result<String, FetchError> {
+    let mut builder = HttpFetcher::builder(format!("http://{addr}/token"))
+        .json_body(&serde_json::json!({ "device": "test" }))
+        .json_field("token");
+    if let Some(key) = key {
+        builder = builder.bearer_auth(key);
+    }
+    let fetcher = builder.build().unwrap();
+    fetcher
+        .fetch_token(FetchRequest::new(FetchReason::Initial, 1, None))
+        .await
+}
+
+fn status_of(error: &FetchError) -> Option<u16> {
+    error
+        .source()
+        .and_then(|e| e.downcast_ref::<HttpFetcherError>())
+        .and_then(HttpFetcherError::status)
+}
+
+/// A response as it came over the wire.
+struct Raw {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+/// One request on its own connection, the response read to its end.
+async fn raw(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Raw {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("content-length: 0\r\n\r\n");
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Raw {
+        status: status.parse().unwrap(),
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Minting.
+
+#[tokio::test]
+async fn a_session_key_gets_a_verified_token_for_its_user_with_the_configured_grants() {
+    let server = start(every_grant()).await;
+    for user in ["alice", "bob"] {
+        let jwt = fetch(server.addr, Some(key_of(user))).await.unwrap();
+        let token = AccessToken::verify(&jwt, SECRET.as_bytes(), SystemClock.now()).unwrap();
+        assert_eq!(token.identity(), Some(user));
+        assert_eq!((token.account_sid(), token.api_key_sid()), (ACCOUNT, KEY));
+        let grants = token.grants();
+        let chat = grants.chat.as_ref().expect("a chat grant");
+        assert_eq!(chat.service_sid.as_deref(), Some(CHAT));
+        let sync = grants.data_sync.as_ref().expect("a sync grant");
+        assert_eq!(sync.service_sid.as_deref(), Some(SYNC));
+        let voice = grants.voice.as_ref().expect("a voice grant");
+        assert_eq!(voice.outgoing_application_sid.as_deref(), Some(VOICE_APP));
+        assert!(!voice.incoming_allow);
+        assert!(grants.video.is_some());
+        let lifetime = token
+            .expires_at()
+            .duration_since(token.issued_at().unwrap())
+            .unwrap();
+        assert_eq!(lifetime, Duration::from_secs(300));
+    }
+}
+
+#[tokio::test]
+async fn without_service_sids_the_token_has_the_video_grant_alone_and_lives_600_s() {
+    let server = start(env(&required())).await;
+    let jwt = fetch(server.addr, Some(key_of("alice"))).await.unwrap();
+    let token = AccessToken::verify(&jwt, SECRET.as_bytes(), SystemClock.now()).unwrap();
+    let kinds: Vec<String> = token.grant_kinds().map(|k| k.to_string()).collect();
+    assert_eq!(kinds, ["video"]);
+    let lifetime = token
+        .expires_at()
+        .duration_since(token.issued_at().unwrap())
+        .unwrap();
+    assert_eq!(lifetime, Duration::from_secs(600));
+}
+
+#[tokio::test]
+async fn the_reply_is_uncached_json_with_token_identity_and_expires_in() {
+    let server = start(every_grant()).await;
+    let auth = format!("Bearer {}", key_of("bob"));
+    let reply = raw(server.addr, "POST", "/token", &[("authorization", &auth)]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.headers["content-type"], "application/json");
+    assert_eq!(reply.headers["cache-control"], "no-store");
+    let body: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(body["identity"], "bob");
+    assert_eq!(body["expires_in"], 300);
+    let jwt = body["token"].as_str().unwrap();
+    AccessToken::verify(jwt, SECRET.as_bytes(), SystemClock.now()).unwrap();
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let server = start(every_grant()).await;
+    let auth = format!("bearer {}", key_of("alice"));
+    let reply = raw(server.addr, "POST", "/token", &[("authorization", &auth)]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals.
+
+#[tokio::test]
+async fn a_wrong_or_missing_bearer_key_is_a_permanent_401_failure() {
+    let server = start(every_grant()).await;
+    for key in [Some(WRONG_KEY), None, Some("")] {
+        let err = fetch(server.addr, key).await.unwrap_err();
+        assert!(err.is_permanent(), "{key:?}: {err}");
+        assert_eq!(status_of(&err), Some(401), "{key:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_401_asks_for_a_bearer_token_and_is_not_cached() {
+    let server = start(every_grant()).await;
+    let alice_as_basic = format!("Basic {}", key_of("alice"));
+    for headers in [
+        &[][..],
+        &[("authorization", "Bearer nope")][..],
+        &[("authorization", alice_as_basic.as_str())][..],
+    ] {
+        let reply = raw(server.addr, "POST", "/token", headers).await;
+        assert_eq!(reply.status, 401, "{headers:?}");
+        assert_eq!(reply.headers["www-authenticate"], "Bearer");
+        assert_eq!(reply.headers["cache-control"], "no-store");
+        assert!(!reply.body.contains("eyJ"), "{}", reply.body);
+    }
+}
+
+#[tokio::test]
+async fn other_methods_on_token_are_405_and_other_paths_404() {
+    let server = start(every_grant()).await;
+    let auth = format!("Bearer {}", key_of("alice"));
+    let auth = [("authorization", auth.as_str())];
+    for method in ["GET", "PUT", "DELETE"] {
+        let reply = raw(server.addr, method, "/token", &auth).await;
+        assert_eq!(reply.status, 405, "{method}");
+        assert_eq!(reply.headers["allow"], "POST");
+    }
+    for path in ["/", "/token/", "/tokens", "/api/token"] {
+        let reply = raw(server.addr, "POST", path, &auth).await;
+        assert_eq!(reply.status, 404, "{path}");
+        assert!(!reply.body.contains("eyJ"), "{}", reply.body);
+    }
+    // Through the fetcher too: both are permanent failures.
+    let get = HttpFetcher::builder(format!("http://{}/token", server.addr))
+        .bearer_auth(key_of("alice"))
+        .build()
+        .unwrap();
+    let err = get
+        .fetch_token(FetchRequest::new(FetchReason::Initial, 1, None))
+        .await
+        .unwrap_err();
+    assert_eq!((err.is_permanent(), status_of(&err)), (true, Some(405)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration.
+
+#[test]
+fn missing_required_variables_are_all_named() {
+    let err = Config::from_env_map(&HashMap::new()).err().unwrap();
+    assert!(
+        err.contains("TWILIO_ACCOUNT_SID, TWILIO_API_KEY_SID, TWILIO_API_KEY_SECRET"),
+        "{err}"
+    );
+    let mut only_secret_missing = env(&required());
+    only_secret_missing.insert("TWILIO_API_KEY_SECRET".into(), "  ".into());
+    let err = Config::from_env_map(&only_secret_missing).err().unwrap();
+    assert!(err.ends_with("not set: TWILIO_API_KEY_SECRET"), "{err}");
+}
+
+#[test]
+fn defaults_are_a_600_s_ttl_on_loopback_port_3000() {
+    let config = Config::from_env_map(&env(&required())).unwrap();
+    assert_eq!(config.ttl, Duration::from_secs(600));
+    assert_eq!(config.bind, "127.0.0.1:3000".parse::<SocketAddr>().unwrap());
+    assert_eq!(
+        (config.chat_service_sid, config.voice_app_sid),
+        (None, None)
+    );
+}
+
+#[test]
+fn bad_values_are_refused_without_echoing_the_secret() {
+    for (name, value, needle) in [
+        ("TOKEN_TTL_SECS", "0", "TOKEN_TTL_SECS"),
+        ("TOKEN_TTL_SECS", "86401", "TOKEN_TTL_SECS"),
+        ("TOKEN_TTL_SECS", "ten minutes", "TOKEN_TTL_SECS"),
+        ("BIND", "localhost", "BIND"),
+        ("TWILIO_ACCOUNT_SID", "XX123", "account SID"),
+        ("TWILIO_API_KEY_SID", "AK123", "API key SID"),
+    ] {
+        let mut vars = env(&required());
+        vars.insert(name.into(), value.into());
+        let err = Config::from_env_map(&vars).err().unwrap();
+        assert!(err.contains(needle), "{name}={value}: {err}");
+        assert!(!err.contains(SECRET), "{err}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The built program.
+
+/// The example program as cargo builds it, with this test's features so nothing is rebuilt.
+fn program() -> &'static PathBuf {
+    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "--example", "token_server"])
+            .args(["--features", "http", "--message-format=json"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // Cargo sets these for tests, not in a shell; ring's build script reads them, and a change
+        // would rebuild ring and all above it here, and again at the next `cargo test`.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_PRIMARY_",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p))
+            {
+                cmd.env_remove(&*name);
+            }
+        }
+        let output = cmd.stderr(Stdio::inherit()).output().unwrap();
+        assert!(
+            output.status.success(),
+            "cargo build --example token_server"
+        );
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|m| m["target"]["name"] == "token_server")
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reported the example's executable")
+    })
+}
+
+#[test]
+fn the_built_program_without_configuration_exits_2_naming_what_is_missing() {
+    let out = Command::new(program())
+        .env_clear()
+        .env("TWILIO_API_KEY_SID", KEY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("not set: TWILIO_ACCOUNT_SID, TWILIO_API_KEY_SECRET"),
+        "{stderr}"
+    );
+}
+
+/// The program, killed when dropped.
+struct Program(Child);
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_built_program_logs_a_line_a_request_without_secret_key_or_token() {
+    let mut program = Program(
+        Command::new(program())
+            .env_clear()
+            .envs(every_grant())
+            .env("BIND", "127.0.0.1:0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = BufReader::new(program.0.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    let addr: SocketAddr = first
+        .trim()
+        .strip_prefix("token_server: listening on http://")
+        .and_then(|rest| rest.strip_suffix("/token"))
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .parse()
+        .unwrap();
+
+    let jwt = fetch(addr, Some(key_of("alice"))).await.unwrap();
+    fetch(addr, Some(WRONG_KEY)).await.unwrap_err();
+    raw(addr, "GET", "/token", &[]).await;
+    raw(addr, "POST", "/elsewhere?key=query-secret", &[]).await;
+
+    drop(program); // kills it, so the pipe ends
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "POST /token 200 alice",
+            "POST /token 401 -",
+            "GET /token 405 -",
+            "POST /elsewhere 404 -",
+        ],
+        "{log}"
+    );
+    let signature = jwt.rsplit('.').next().unwrap();
+    for secret in [
+        SECRET,
+        key_of("alice"),
+        WRONG_KEY,
+        "query-secret",
+        signature,
+    ] {
+        assert!(!log.contains(secret), "{secret:?} in the log:\n{log}");
+    }
+}
