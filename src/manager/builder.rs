@@ -7,6 +7,7 @@ use super::{AccessManager, Handle};
 use crate::backoff::Backoff;
 use crate::clock::{Clock, SystemClock};
 use crate::event::Events;
+use crate::store::TokenStore;
 use crate::{AccessToken, FetchLimiter, TokenFetcher};
 use std::fmt;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub struct AccessManagerBuilder {
     limiter: Option<FetchLimiter>,
     refresh_jitter: Duration,
     estimate_clock_skew: bool,
+    store: Option<Arc<dyn TokenStore>>,
 }
 
 impl Default for AccessManagerBuilder {
@@ -52,6 +54,7 @@ impl Default for AccessManagerBuilder {
             limiter: None,
             refresh_jitter: Duration::ZERO,
             estimate_clock_skew: false,
+            store: None,
         }
     }
 }
@@ -154,6 +157,32 @@ impl AccessManagerBuilder {
         self
     }
 
+    /// Keeps the current token in `store`, so that an app that restarts reconnects at once
+    /// (default: none). See [`store`](crate::store).
+    ///
+    /// Without an initial token, the stored token, if it passes the rules of
+    /// [`AccessManager::update_token`], becomes current at start without a fetch; a corrupt,
+    /// expired or invalid one is cleared and the manager fetches as usual. Each new current token
+    /// is saved; [`AccessManager::sign_out`] clears the store. Store calls run on tokio's blocking
+    /// pool, one at a time; a failing store is a warning and a count in
+    /// [`Stats::store_failures`](crate::Stats::store_failures), never a stop.
+    ///
+    /// ```no_run
+    /// use access_manager::{store::FileTokenStore, AccessManager};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let manager = AccessManager::builder()
+    ///     .store(FileTokenStore::new("/var/lib/my-app/twilio-token.jwt"))
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(manager);
+    /// # }
+    /// ```
+    pub fn store(mut self, store: impl TokenStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
     /// Starts the manager on the current tokio runtime.
     ///
     /// # Errors
@@ -221,6 +250,7 @@ impl AccessManagerBuilder {
             limiter: self.limiter,
             refresh_jitter: self.refresh_jitter,
             estimate_clock_skew: self.estimate_clock_skew,
+            store: self.store,
         };
         // The task is the driver: it ends when the last handle is dropped or on `shutdown()`.
         runtime.spawn(Driver::new(config, shared.clone(), initial));
@@ -257,6 +287,7 @@ impl fmt::Debug for AccessManagerBuilder {
             .field("fetch_limiter", &self.limiter)
             .field("refresh_jitter", &self.refresh_jitter)
             .field("estimate_clock_skew", &self.estimate_clock_skew)
+            .field("store", &self.store.as_ref().map(|_| ".."))
             .finish_non_exhaustive()
     }
 }

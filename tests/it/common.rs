@@ -89,6 +89,10 @@ pub fn kind(e: &Event) -> &'static str {
         Event::RefreshFailed { .. } => "refresh_failed",
         Event::TokenRejected { .. } => "rejected",
         Event::ConsumerFailed { .. } => "consumer_failed",
+        Event::ServiceRejected { .. } => "service_rejected",
+        Event::SignedOut => "signed_out",
+        Event::Lagged { .. } => "lagged",
+        Event::ClockSkewSuspected { .. } => "clock_skew",
         Event::Closed => "closed",
         _ => "other",
     }
@@ -220,6 +224,8 @@ pub enum Mode {
     Gate,
     /// Never answers.
     Hang,
+    /// Answers that its service refused the token with this Twilio error code.
+    Refuse(u32),
 }
 
 pub struct Recorder {
@@ -228,6 +234,7 @@ pub struct Recorder {
     mode: Mutex<Mode>,
     seen: Mutex<Vec<String>>,
     calls: AtomicUsize,
+    signed_outs: AtomicUsize,
     changed: Notify,
     gate: Notify,
 }
@@ -240,9 +247,14 @@ impl Recorder {
             mode: Mutex::new(mode),
             seen: Mutex::new(Vec::new()),
             calls: AtomicUsize::new(0),
+            signed_outs: AtomicUsize::new(0),
             changed: Notify::new(),
             gate: Notify::new(),
         })
+    }
+    /// How many times the manager called `signed_out`.
+    pub fn signed_outs(&self) -> usize {
+        self.signed_outs.load(Ordering::SeqCst)
     }
     pub fn requiring(name: &str, kind: GrantKind) -> Arc<Recorder> {
         Arc::new(Recorder {
@@ -297,10 +309,20 @@ impl TokenConsumer for Recorder {
             Mode::Panic => panic!("consumer {} panics on purpose", self.name),
             Mode::Gate => self.gate.notified().await,
             Mode::Hang => std::future::pending::<()>().await,
+            Mode::Refuse(code) => {
+                return Err(ConsumerError::rejected(
+                    code,
+                    "the service refused the token",
+                ))
+            }
         }
         self.seen.lock().unwrap().push(token.as_str().to_string());
         self.changed.notify_waiters();
         Ok(())
+    }
+    async fn signed_out(&self) {
+        self.signed_outs.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
     }
 }
 

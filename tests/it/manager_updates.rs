@@ -1,7 +1,7 @@
 //! Behaviours 1–4 of DESIGN.md: what `update_token` accepts and refuses, and the per-token timeline.
 
 use crate::common::*;
-use access_manager::{AccessManager, AccessToken, Event, TokenError, UpdateError};
+use access_manager::{AccessManager, AccessToken, Event, RefreshError, TokenError, UpdateError};
 
 #[tokio::test(flavor = "current_thread")]
 async fn b1_update_rejects_bad_tokens_and_leaves_state_timers_and_consumers_untouched() {
@@ -301,4 +301,130 @@ async fn a_shorter_token_re_arms_the_timer_for_its_earlier_will_expire() {
     );
     clock.advance_to(at(T0 + 600));
     assert_eq!(kinds(&drain(&mut events).await), ["expired"]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_update_dropped_before_its_first_poll_still_happens() {
+    let clock = clock();
+    let manager = manager_holding(&clock, &mint("alice", T0, 3600));
+    let chat = Recorder::new("chat", Mode::Accept);
+    manager.register(&chat);
+    chat.wait_calls(1).await;
+    let next = mint("alice", T0 + 1, 3600);
+    drop(manager.update_token(&next)); // never polled
+    chat.wait_calls(2).await;
+    assert_eq!(manager.token().unwrap().as_str(), next);
+    assert_eq!(chat.seen().last().map(String::as_str), Some(next.as_str()));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn fresh_token_never_answers_ok_with_less_than_asked_and_too_short_carries_the_best() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let manager = AccessManager::builder()
+        .clock(clock.clone())
+        .fetcher(fetcher)
+        .initial_token(mint("alice", T0, 600))
+        .build()
+        .unwrap();
+    let asking = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.fresh_token(secs(3600)).await }
+    });
+    // The backend only issues 20-minute tokens.
+    let short = mint("alice", T0, 1200);
+    calls.next().await.ok(short.clone());
+    match asking.await.unwrap() {
+        Err(RefreshError::TooShort { token, wanted }) => {
+            assert_eq!(token.as_str(), short, "not the best token");
+            assert_eq!(wanted, secs(3600));
+        }
+        other => panic!("expected TooShort, got {other:?}"),
+    }
+    assert_eq!(manager.token().unwrap().as_str(), short);
+    // What it has is enough for a smaller ask: answered at once, without a fetch.
+    assert_eq!(
+        manager.fresh_token(secs(900)).await.unwrap().as_str(),
+        short
+    );
+    assert!(calls.try_next().await.is_none());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_lagging_subscriber_is_told_how_many_events_it_missed() {
+    let clock = clock();
+    let manager = AccessManager::builder()
+        .clock(clock.clone())
+        .event_capacity(2)
+        .build()
+        .unwrap();
+    let mut events = manager.subscribe();
+    let tokens: Vec<String> = (0..5).map(|i| mint("alice", T0 + i, 3600)).collect();
+    for jwt in &tokens {
+        manager.update_token(jwt).await.unwrap();
+    }
+    assert_eq!(next(&mut events).await, Event::Lagged { missed: 3 });
+    for jwt in &tokens[3..] {
+        match next(&mut events).await {
+            Event::TokenUpdated { token } => assert_eq!(token.as_str(), jwt),
+            other => panic!("expected an update, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn another_identity_or_account_is_refused_with_its_twilio_code() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let alice = mint("alice", T0, 3600);
+    let (manager, mut events) = AccessManager::builder()
+        .clock(clock.clone())
+        .fetcher(fetcher)
+        .initial_token(alice.clone())
+        .build_with_events()
+        .unwrap();
+
+    let bob = mint("bob", T0, 3600);
+    let pushed = manager.update_token(&bob).await.unwrap_err();
+    assert!(
+        matches!(pushed, UpdateError::IdentityMismatch { .. }),
+        "{pushed:?}"
+    );
+    assert_eq!(pushed.code(), Some(20106));
+    let foreign = AccessToken::builder(OTHER_ACCOUNT, KEY, SECRET)
+        .identity("alice")
+        .issued_at(at(T0))
+        .to_jwt()
+        .unwrap();
+    let pushed = manager.update_token(&foreign).await.unwrap_err();
+    assert!(
+        matches!(pushed, UpdateError::AccountMismatch { .. }),
+        "{pushed:?}"
+    );
+    assert_eq!(pushed.code(), Some(20103));
+
+    let refresh = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.refresh().await }
+    });
+    calls.next().await.ok(bob);
+    match refresh.await.unwrap() {
+        Err(RefreshError::Rejected(UpdateError::IdentityMismatch { current, offered })) => {
+            assert_eq!(
+                (current.as_deref(), offered.as_deref()),
+                (Some("alice"), Some("bob"))
+            );
+        }
+        other => panic!("expected the manager's refusal, got {other:?}"),
+    }
+    let codes: Vec<u32> = drain(&mut events)
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::TokenRejected { error } => Some(error.code()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(codes, [20106, 20103, 20106]);
+    assert_eq!(manager.token().unwrap().as_str(), alice);
 }

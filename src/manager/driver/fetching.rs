@@ -6,7 +6,7 @@ use super::super::fanout::{drop_caught, panic_message};
 use super::super::reentry::{self, Plugin, Role};
 use super::super::shared::FetchReply;
 use super::super::stats::bump;
-use super::{Driver, Phase, Source, MIN_FETCH_SPACING};
+use super::{Driver, Phase, Source, ANY_TIME, MIN_FETCH_SPACING};
 use crate::event::Event;
 use crate::fetcher::{FetchError, FetchReason, FetchRequest};
 use crate::token::unix_secs;
@@ -299,8 +299,8 @@ impl Driver {
                 .min(MAX_LIFETIME);
             // The token is still good: no need to retry before its refresh window.
             let at = match &self.current {
-                Some(c) if c.phase == Phase::Fresh => c.will_expire_at.max(now),
-                _ => now,
+                Some(c) if c.phase == Phase::Fresh => c.will_expire_at,
+                _ => ANY_TIME,
             };
             self.plan_fetch(Some(at), Some(wait));
             Some(at.max(crate::clock::saturating_add(now, wait)))

@@ -10,6 +10,7 @@ use crate::backoff::{Backoff, SplitMix64};
 use crate::clock::{saturating_add, Sleep};
 use crate::event::Event;
 use crate::fetcher::FetchReason;
+use crate::store::TokenStore;
 use crate::{AccessToken, FetchLimiter, TokenFetcher};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -19,9 +20,11 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod fetching;
+mod persist;
 mod session;
 
 use fetching::InFlight;
+use persist::Persistence;
 
 /// What the builder hands the driver.
 pub(super) struct Config {
@@ -34,6 +37,7 @@ pub(super) struct Config {
     pub(super) limiter: Option<FetchLimiter>,
     pub(super) refresh_jitter: Duration,
     pub(super) estimate_clock_skew: bool,
+    pub(super) store: Option<Arc<dyn TokenStore>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -60,6 +64,8 @@ struct Current {
 enum Source {
     App,
     Fetcher,
+    /// The token store, at start.
+    Stored,
 }
 
 pub(super) struct Driver {
@@ -85,6 +91,8 @@ pub(super) struct Driver {
     inbox: VecDeque<Command>,
     /// The armed wall-clock timer and its deadline.
     timer: Option<(SystemTime, Sleep)>,
+    /// The token store, if the app gave one (boxed: most managers have none).
+    persistence: Option<Box<Persistence>>,
     skew_reported: bool,
     stopped: bool,
 }
@@ -113,7 +121,12 @@ impl Future for Driver {
 impl Driver {
     pub(super) fn new(config: Config, shared: Arc<Shared>, initial: Option<AccessToken>) -> Self {
         let now = shared.clock.now();
+        let persistence = config.store.clone().map(|store| {
+            // Without an initial token, the stored one (if valid) is taken before any fetch.
+            Box::new(Persistence::new(store, initial.is_none()))
+        });
         let mut driver = Driver {
+            persistence,
             rng: SplitMix64::new(config.seed),
             fanout: Fanout::new(config.consumer_timeout),
             config,
@@ -130,9 +143,12 @@ impl Driver {
             skew_reported: false,
             stopped: false,
         };
+        let loading = driver.persistence.as_ref().is_some_and(|p| p.loading);
         match initial {
             Some(token) => driver.install(token, Source::App, now),
-            None if driver.config.fetcher.is_some() => driver.plan_fetch(Some(now), None),
+            None if driver.config.fetcher.is_some() && !loading => {
+                driver.plan_fetch(Some(ANY_TIME), None)
+            }
             None => {}
         }
         driver
@@ -185,6 +201,9 @@ impl Driver {
             }
             if let Poll::Ready(Some(done)) = self.fanout.poll_done(cx) {
                 self.on_delivered(done);
+                continue;
+            }
+            if self.poll_store(cx) {
                 continue;
             }
             if let Some(wait) = &mut self.fetch_wait {
@@ -358,6 +377,13 @@ impl Driver {
             generation: self.generation,
         })));
         bump(&self.shared.counters.tokens_installed);
+        if let Some(persistence) = self
+            .persistence
+            .as_mut()
+            .filter(|_| source != Source::Stored)
+        {
+            persistence.save(&token);
+        }
         if self.config.fetcher.is_some() && !self.halted {
             let at = saturating_add(will_expire_at, self.rng.up_to(self.config.refresh_jitter));
             // Tokens shorter than the lead must not make the fetcher loop (behaviour 7).
@@ -408,10 +434,7 @@ impl Driver {
         self.next_fetch = at;
         self.fetch_wait = wait.map(|wait| self.shared.clock.sleep(wait));
         let now = self.shared.clock.now();
-        let planned = at.map(|at| match wait {
-            Some(wait) => at.max(saturating_add(now, wait)),
-            None => at,
-        });
+        let planned = at.map(|at| at.max(saturating_add(now, wait.unwrap_or_default())));
         self.shared.counters.set_next_fetch_at(planned);
     }
 
@@ -448,6 +471,10 @@ impl Driver {
             .store(generation, std::sync::atomic::Ordering::Release);
     }
 }
+
+/// A fetch planned at this wall time waits for no wall-clock instant, only for its elapsed-time
+/// wait (if any): setting the clock back must not delay it.
+const ANY_TIME: SystemTime = UNIX_EPOCH;
 
 /// The shortest wait before an automatic fetch after a fetched token arrived (behaviour 7).
 const MIN_FETCH_SPACING: Duration = Duration::from_secs(1);

@@ -83,6 +83,9 @@ impl Driver {
         self.failures = 0;
         self.set_halted(true);
         self.set_invalid_strike(0);
+        if let Some(persistence) = &mut self.persistence {
+            persistence.clear();
+        }
         self.fanout.sign_out(&self.shared, reply);
     }
 

@@ -1,0 +1,408 @@
+//! DESIGN.md "Service feedback" and "Session control": what the manager does when a service refuses
+//! its token, when the app signs out, when the app says it woke up, and what `stats()` counts.
+
+use crate::common::*;
+use access_manager::clock::{Clock, ManualClock, Sleep};
+use access_manager::{
+    AccessManager, Backoff, Event, FetchReason, GrantKind, RefreshError, ServiceAction,
+};
+use std::time::{Duration, SystemTime};
+
+fn with_fetcher(
+    clock: &ManualClock,
+    fetcher: ScriptedFetcher,
+) -> access_manager::AccessManagerBuilder {
+    AccessManager::builder()
+        .clock(clock.clone())
+        .fetcher(fetcher)
+        .backoff(Backoff::default().without_jitter())
+}
+
+fn service_rejections(events: &[Event]) -> Vec<(u32, ServiceAction)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ServiceRejected { code, action } => Some((*code, *action)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_consumer_refusing_with_51215_gets_a_new_token_without_the_clock_moving() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let (manager, mut events) = with_fetcher(&clock, fetcher).build_with_events().unwrap();
+    let voice = Recorder::new("voice", Mode::Refuse(51215));
+    manager.register(&voice);
+    let t1 = mint("alice", T0, 3600);
+    calls.next().await.ok(t1.clone());
+
+    let again = calls.next().await;
+    assert_eq!(
+        again.request.reason(),
+        FetchReason::Rejected { code: 51215 }
+    );
+    assert_eq!(
+        again.request.current().map(|t| t.as_str()),
+        Some(t1.as_str())
+    );
+    voice.set_mode(Mode::Accept);
+    let t2 = mint("alice", T0 + 1, 3600);
+    again.ok(t2.clone());
+    voice.wait_calls(2).await;
+
+    assert_eq!(voice.seen(), [t2.as_str()]);
+    assert_eq!(manager.token().unwrap().as_str(), t2);
+    assert_eq!(clock.now(), at(T0), "the clock moved");
+    let seen = drain(&mut events).await;
+    assert_eq!(service_rejections(&seen), [(51215, ServiceAction::Refresh)]);
+    assert_eq!(manager.stats().service_rejections, 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_token_is_not_delivered_again() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let t1 = mint("alice", T0, 3600);
+    let manager = with_fetcher(&clock, fetcher)
+        .initial_token(t1.clone())
+        .build()
+        .unwrap();
+    assert_eq!(manager.report_service_error(20104), ServiceAction::Refresh);
+    let fetch = calls.next().await;
+    assert_eq!(
+        fetch.request.reason(),
+        FetchReason::Rejected { code: 20104 }
+    );
+
+    // A consumer registered while the refused token is current is not handed it.
+    let late = Recorder::new("late", Mode::Accept);
+    manager.register(&late);
+    settle().await;
+    assert_eq!(late.calls(), 0, "the refused token was delivered");
+
+    let t2 = mint("alice", T0 + 1, 3600);
+    fetch.ok(t2.clone());
+    late.wait_calls(1).await;
+    assert_eq!(late.seen(), [t2.as_str()]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn reports_join_the_fetch_in_flight() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let manager = with_fetcher(&clock, fetcher)
+        .initial_token(mint("alice", T0, 3600))
+        .build()
+        .unwrap();
+    let refresh = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.refresh().await }
+    });
+    let fetch = calls.next().await;
+    assert_eq!(manager.report_service_error(51215), ServiceAction::Refresh);
+    assert_eq!(manager.report_service_error(20105), ServiceAction::Refresh);
+    assert!(calls.try_next().await.is_none(), "a second fetch in flight");
+    let t2 = mint("alice", T0 + 1, 3600);
+    fetch.ok(t2.clone());
+    assert_eq!(refresh.await.unwrap().unwrap().as_str(), t2);
+    assert_eq!(manager.stats().fetches, 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_same_invalid_class_twice_stops_automatic_fetching_while_refresh_still_works() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let (manager, mut events) = with_fetcher(&clock, fetcher)
+        .initial_token(mint("alice", T0, 3600))
+        .build_with_events()
+        .unwrap();
+
+    assert_eq!(manager.report_service_error(20107), ServiceAction::Refresh);
+    let fetch = calls.next().await;
+    assert_eq!(
+        fetch.request.reason(),
+        FetchReason::Rejected { code: 20107 }
+    );
+    let t2 = mint("alice", T0 + 1, 3600);
+    fetch.ok(t2.clone());
+    settle().await;
+    assert_eq!(manager.token().unwrap().as_str(), t2);
+
+    // The next token is refused in the same class: the backend must be fixed, not hammered.
+    assert_eq!(
+        manager.report_service_error(20151),
+        ServiceAction::Permanent
+    );
+    settle().await;
+    assert_eq!(manager.stats().next_fetch_at, None);
+    clock.advance_to(at(T0 + 1 + 3600 + 600));
+    assert!(calls.try_next().await.is_none(), "fetched automatically");
+    assert_eq!(
+        manager.report_service_error(51215),
+        ServiceAction::Permanent
+    );
+    assert!(calls.try_next().await.is_none(), "fetched after Permanent");
+
+    // The app can still ask, and that resumes automatic fetching.
+    let refresh = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.refresh().await }
+    });
+    let manual = calls.next().await;
+    assert_eq!(manual.request.reason(), FetchReason::Manual);
+    let now = clock.now().duration_since(at(0)).unwrap().as_secs();
+    let t3 = mint("alice", now, 3600);
+    manual.ok(t3.clone());
+    assert_eq!(refresh.await.unwrap().unwrap().as_str(), t3);
+    assert_eq!(
+        manager.stats().next_fetch_at,
+        Some(at(now + 3600 - 180)),
+        "automatic fetching did not resume"
+    );
+    assert_eq!(
+        service_rejections(&drain(&mut events).await),
+        [
+            (20107, ServiceAction::Refresh),
+            (20151, ServiceAction::Permanent),
+            (51215, ServiceAction::Permanent)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_unknown_code_is_ignored_but_reported() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let (manager, mut events) = with_fetcher(&clock, fetcher)
+        .initial_token(mint("alice", T0, 3600))
+        .build_with_events()
+        .unwrap();
+    assert_eq!(manager.report_service_error(20003), ServiceAction::Ignore);
+    assert!(calls.try_next().await.is_none());
+    assert_eq!(
+        service_rejections(&drain(&mut events).await),
+        [(20003, ServiceAction::Ignore)]
+    );
+    assert_eq!(manager.stats().service_rejections, 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn without_a_fetcher_a_report_is_ignored_and_the_token_kept() {
+    let clock = clock();
+    let jwt = mint("alice", T0, 3600);
+    let manager = manager_holding(&clock, &jwt);
+    let mut events = manager.subscribe();
+    let chat = Recorder::new("chat", Mode::Accept);
+    manager.register(&chat);
+    chat.wait_calls(1).await;
+    assert_eq!(manager.report_service_error(51215), ServiceAction::Ignore);
+    assert_eq!(manager.report_service_error(20107), ServiceAction::Ignore);
+    assert_eq!(manager.token().unwrap().as_str(), jwt);
+    assert_eq!(
+        service_rejections(&drain(&mut events).await),
+        [
+            (51215, ServiceAction::Ignore),
+            (20107, ServiceAction::Ignore)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn after_shutdown_a_report_is_ignored() {
+    let clock = clock();
+    let (fetcher, _calls) = scripted();
+    let manager = with_fetcher(&clock, fetcher)
+        .initial_token(mint("alice", T0, 3600))
+        .build()
+        .unwrap();
+    manager.shutdown().await;
+    assert_eq!(manager.report_service_error(51215), ServiceAction::Ignore);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn sign_out_forgets_the_token_tells_every_consumer_and_then_takes_another_identity() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let alice = mint("alice", T0, 3600);
+    let (manager, mut events) = with_fetcher(&clock, fetcher)
+        .initial_token(alice.clone())
+        .build_with_events()
+        .unwrap();
+    let chat = Recorder::new("chat", Mode::Accept);
+    let voice = Recorder::new("voice", Mode::Accept);
+    manager.register(&chat);
+    manager.register(&voice);
+    chat.wait_calls(1).await;
+    voice.wait_calls(1).await;
+
+    manager.sign_out().await;
+    assert!(manager.token().is_none());
+    assert_eq!((chat.signed_outs(), voice.signed_outs()), (1, 1));
+    assert_eq!(kinds(&drain(&mut events).await), ["signed_out"]);
+
+    // No timer and no automatic fetch for the forgotten token, even long past its expiry.
+    clock.advance_to(at(T0 + 2 * 3600));
+    assert!(calls.try_next().await.is_none(), "fetched after sign-out");
+    assert!(
+        drain(&mut events).await.is_empty(),
+        "a timer of the forgotten token fired"
+    );
+
+    // Another user signs in on the same wiring.
+    let now = T0 + 2 * 3600;
+    let bob = mint("bob", now, 3600);
+    let report = manager.update_token(&bob).await.unwrap();
+    assert_eq!(report.delivered(), 2);
+    assert_eq!(chat.seen(), [alice.as_str(), bob.as_str()]);
+    assert_eq!(manager.identity().as_deref(), Some("bob"));
+    // Automatic fetching is back for bob.
+    clock.advance_to(at(now + 3600 - 180));
+    let fetch = calls.next().await;
+    assert_eq!(fetch.request.reason(), FetchReason::WillExpire);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn sign_out_cancels_the_fetch_in_flight_and_its_callers_get_signed_out() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let manager = with_fetcher(&clock, fetcher)
+        .initial_token(mint("alice", T0, 3600))
+        .build()
+        .unwrap();
+    let refresh = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.refresh().await }
+    });
+    let fetch = calls.next().await;
+    manager.sign_out().await;
+    assert!(matches!(
+        refresh.await.unwrap(),
+        Err(RefreshError::SignedOut)
+    ));
+    assert!(fetch.abandoned(), "the fetch was not cancelled");
+    assert!(manager.token().is_none());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_consumer_busy_at_sign_out_is_told_once_its_call_ends() {
+    let clock = clock();
+    let manager = manager_holding(&clock, &mint("alice", T0, 3600));
+    let mut events = manager.subscribe();
+    let chat = Recorder::new("chat", Mode::Gate);
+    manager.register(&chat);
+    chat.wait_calls(1).await;
+
+    let sign_out = tokio::spawn(manager.sign_out());
+    settle().await;
+    assert_eq!(chat.signed_outs(), 0, "signed_out overlapped update_token");
+    assert!(!sign_out.is_finished());
+    assert!(manager.token().is_none(), "the token is forgotten at once");
+    chat.release();
+    sign_out.await.unwrap();
+    assert_eq!(chat.signed_outs(), 1);
+    assert_eq!(kinds(&drain(&mut events).await), ["signed_out"]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_sign_out_dropped_unpolled_still_signs_out() {
+    let clock = clock();
+    let manager = manager_holding(&clock, &mint("alice", T0, 3600));
+    let chat = Recorder::new("chat", Mode::Accept);
+    manager.register(&chat);
+    chat.wait_calls(1).await;
+    drop(manager.sign_out());
+    settle().await;
+    assert!(manager.token().is_none());
+    assert_eq!(chat.signed_outs(), 1);
+}
+
+/// A clock whose timers never fire by themselves: only `resume()` makes the manager look at it.
+#[derive(Debug, Clone)]
+struct StuckClock(ManualClock);
+
+impl Clock for StuckClock {
+    fn now(&self) -> SystemTime {
+        self.0.now()
+    }
+    fn sleep_until(&self, _: SystemTime) -> Sleep {
+        Box::pin(std::future::pending())
+    }
+    fn sleep(&self, _: Duration) -> Sleep {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn with_timers_that_never_fire_resume_fires_will_expire_fetches_and_retries_at_once() {
+    let wall = clock();
+    let (fetcher, mut calls) = scripted();
+    let (manager, mut events) = AccessManager::builder()
+        .clock(StuckClock(wall.clone()))
+        .fetcher(fetcher)
+        .initial_token(mint("alice", T0, 3600))
+        .build_with_events()
+        .unwrap();
+    assert!(drain(&mut events).await.is_empty());
+
+    // The laptop slept into the refresh window: its timer did not fire.
+    wall.set(at(T0 + 3600 - 100));
+    assert!(drain(&mut events).await.is_empty());
+    assert!(calls.try_next().await.is_none());
+
+    manager.resume();
+    assert_eq!(kinds(&drain(&mut events).await), ["will_expire"]);
+    let first = calls.next().await;
+    assert_eq!(first.request.reason(), FetchReason::WillExpire);
+    first.fail("network down");
+    settle().await;
+    // Its retry waits out a backoff that never ends on this clock…
+    assert!(calls.try_next().await.is_none());
+    // …until the app says the network is back.
+    manager.resume();
+    let retry = calls.next().await;
+    assert_eq!(retry.request.attempt(), 2);
+    retry.ok(mint("alice", T0 + 3600 - 100, 3600));
+    settle().await;
+    assert_eq!(manager.stats().tokens_installed, 2);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn stats_count_a_known_sequence() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let manager = with_fetcher(&clock, fetcher).build().unwrap();
+    let chat = Recorder::new("chat", Mode::Accept);
+    let router = Recorder::requiring("router", GrantKind::TaskRouter);
+    manager.register(&chat);
+    manager.register(&router);
+
+    calls.next().await.fail("down"); // fetch 1 fails
+    settle().await;
+    assert_eq!(manager.stats().next_fetch_at, Some(at(T0 + 1)));
+    clock.advance(secs(1));
+    let second = calls.next().await;
+    clock.advance(secs(2)); // the fetch takes 2 s
+    let t1 = mint("alice", T0 + 3, 3600);
+    second.ok(t1); // installed, delivered to chat; router lacks its grant
+    chat.wait_calls(1).await;
+    settle().await;
+    assert!(manager.update_token("not a token").await.is_err());
+    let t2 = mint("alice", T0 + 4, 3600);
+    manager.update_token(&t2).await.unwrap();
+    manager.report_service_error(20003);
+    settle().await;
+
+    let stats = manager.stats();
+    assert_eq!(stats.tokens_installed, 2);
+    assert_eq!(stats.fetches, 2);
+    assert_eq!(stats.fetch_failures, 1);
+    assert_eq!(stats.tokens_rejected, 1);
+    assert_eq!(stats.deliveries, 2, "chat took two tokens");
+    assert_eq!(stats.consumer_failures, 2, "router lacked its grant twice");
+    assert_eq!(stats.service_rejections, 1);
+    assert_eq!(stats.store_failures, 0);
+    assert_eq!(stats.last_fetch_duration, Some(secs(2)));
+    assert_eq!(stats.next_fetch_at, Some(at(T0 + 4 + 3600 - 180)));
+}

@@ -1,0 +1,124 @@
+//! Behaviour 15: timeouts, backoff and spacing run on elapsed time, so a wall-clock change neither
+//! stretches nor shortens them; token deadlines follow the wall clock.
+
+use crate::common::*;
+use access_manager::clock::{Clock, ManualClock};
+use access_manager::{AccessManager, Backoff, FetchReason, RefreshError};
+
+fn with_fetcher(
+    clock: &ManualClock,
+    fetcher: ScriptedFetcher,
+) -> access_manager::AccessManagerBuilder {
+    AccessManager::builder()
+        .clock(clock.clone())
+        .fetcher(fetcher)
+        .backoff(Backoff::default().without_jitter())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn setting_the_wall_clock_back_an_hour_during_a_fetch_does_not_stretch_its_timeout() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let manager = with_fetcher(&clock, fetcher)
+        .initial_token(mint("alice", T0, 7200))
+        .build()
+        .unwrap();
+    let refresh = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.refresh().await }
+    });
+    let hanging = calls.next().await;
+    clock.set(at(T0 - 3600));
+    clock.advance(secs(29));
+    settle().await;
+    assert!(!refresh.is_finished(), "timed out early");
+    clock.advance(secs(1));
+    match refresh.await.unwrap() {
+        Err(RefreshError::Fetch(e)) => assert!(e.to_string().contains("timed out"), "{e}"),
+        other => panic!("expected the 30 s timeout, got {other:?}"),
+    }
+    assert!(hanging.abandoned());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn setting_the_wall_clock_forward_does_not_cut_a_fetch_short() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let manager = with_fetcher(&clock, fetcher)
+        .initial_token(mint("alice", T0, 7200))
+        .build()
+        .unwrap();
+    let refresh = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.refresh().await }
+    });
+    let slow = calls.next().await;
+    clock.set(at(T0 + 600));
+    settle().await;
+    assert!(!slow.abandoned(), "a wall-clock jump timed the fetch out");
+    slow.ok(mint("alice", T0 + 600, 3600));
+    assert!(refresh.await.unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn setting_the_wall_clock_back_does_not_stretch_a_consumers_timeout() {
+    let clock = clock();
+    let manager = manager_holding(&clock, &mint("alice", T0, 7200));
+    let stuck = Recorder::new("stuck", Mode::Accept);
+    manager.register(&stuck);
+    stuck.wait_calls(1).await;
+    stuck.set_mode(Mode::Hang);
+    let update = tokio::spawn(manager.update_token(mint("alice", T0 + 1, 7200)));
+    stuck.wait_calls(2).await;
+    clock.set(at(T0 - 3600));
+    clock.advance(secs(10));
+    let report = update.await.unwrap().unwrap();
+    let failed: Vec<_> = report
+        .failed()
+        .map(|(name, e)| (name.to_owned(), e.to_string()))
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert!(
+        failed[0].1.contains("did not answer within 10 s"),
+        "{failed:?}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn backoff_waits_elapsed_time_whatever_the_wall_clock_does() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let _manager = with_fetcher(&clock, fetcher).build().unwrap();
+    calls.next().await.fail("down"); // retry in 1 s, then 2 s
+    settle().await;
+    clock.set(at(T0 - 3600)); // back an hour: the retry must not wait an hour more
+    clock.advance(secs(1));
+    let second = calls.next().await;
+    assert_eq!(second.request.attempt(), 2);
+    second.fail("down");
+    settle().await;
+    clock.set(at(T0 + 86_400)); // forward a day: the 2 s backoff must not be skipped
+    assert!(
+        calls.try_next().await.is_none(),
+        "a wall-clock jump cut the backoff short"
+    );
+    clock.advance(secs(2));
+    assert_eq!(calls.next().await.request.attempt(), 3);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn token_deadlines_follow_the_wall_clock() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let manager = with_fetcher(&clock, fetcher)
+        .initial_token(mint("alice", T0, 3600))
+        .build()
+        .unwrap();
+    let mut events = manager.subscribe();
+    // A jump past expiry (a laptop waking up) fires both timers and starts fetching at once.
+    clock.set(at(T0 + 3600 + 60));
+    assert_eq!(kinds(&drain(&mut events).await), ["will_expire", "expired"]);
+    assert_eq!(calls.next().await.request.reason(), FetchReason::Expired);
+    assert!(manager.is_expired());
+    assert!(clock.now() > at(T0 + 3600));
+}
