@@ -22,6 +22,13 @@ pub const DEFAULT_CONSUMER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many events a subscriber may fall behind before it loses the oldest: 64.
 pub const DEFAULT_EVENT_CAPACITY: usize = 64;
 
+impl AccessManager {
+    /// Starts configuring a manager.
+    pub fn builder() -> AccessManagerBuilder {
+        AccessManagerBuilder::default()
+    }
+}
+
 /// Configures an [`AccessManager`]. Every setting has a default.
 pub struct AccessManagerBuilder {
     fetcher: Option<Arc<dyn TokenFetcher>>,

@@ -1,10 +1,10 @@
 //! The [`AccessManager`] handle: the public face of one manager.
 //!
-//! One manager holds one identity's token. Its driver (in `driver`) is the only owner of the
-//! manager's state and runs as the manager's task; a handle reads what the driver publishes (the
-//! token, the counters) and sends it commands through the mailbox (in `shared`). Modules import
-//! one way: `mod` (the handle) and `builder` → `driver` → `fanout` → `shared`, `error`, `stats`,
-//! `service`, `reentry`.
+//! One manager holds one identity's token. Its driver (`driver`) is the only owner of the manager's
+//! state and runs as the manager's task; a handle reads what the driver publishes (the token, the
+//! counters) and sends it commands through the mailbox (`shared`). Modules import one way:
+//! `builder` → the handle (this file) and `driver`; `driver` → `fanout`; the handle, `driver` and
+//! `fanout` → `shared`, `reentry`; and everything → the leaves `service`, `stats`, `error`.
 
 mod builder;
 mod driver;
@@ -103,11 +103,6 @@ impl Drop for Handle {
 }
 
 impl AccessManager {
-    /// Starts configuring a manager.
-    pub fn builder() -> AccessManagerBuilder {
-        AccessManagerBuilder::default()
-    }
-
     fn shared(&self) -> &Shared {
         &self.handle.shared
     }

@@ -1,4 +1,4 @@
-//! `token()` and `with_token()` read through a per-thread cache: these tests hold it to returning
+//! `token()` and `with_token()` read the token the driver published, without a lock: they return
 //! the current token, and only it, whatever the thread, the nesting or the number of managers.
 
 use crate::common::*;
@@ -23,7 +23,7 @@ async fn a_replaced_token_is_never_read_again_on_a_thread_that_read_it() {
     for i in 1..=20 {
         let next = mint("alice", T0 + i, 3600);
         m.update_token(&next).await.unwrap();
-        // Read right after the update, on the thread whose cache holds the previous token.
+        // Read right after the update, on the thread that read the previous token.
         assert_eq!(
             text(&m).as_deref(),
             Some(next.as_str()),
@@ -45,9 +45,8 @@ async fn before_the_first_token_both_reads_say_none() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn many_managers_sharing_one_threads_cache_each_read_their_own_token() {
+async fn many_managers_read_in_turn_on_one_thread_each_give_their_own_token() {
     let clock = clock();
-    // More managers than the cache has entries, so that several share one.
     let mut managers: Vec<(AccessManager, String)> = (0..40)
         .map(|i| {
             let jwt = mint(&format!("user-{i}"), T0, 3600);
@@ -99,7 +98,7 @@ async fn reads_nested_inside_with_token_see_the_right_tokens() {
     assert_eq!(seen.2, b_jwt);
     assert_eq!(seen.3, (b_jwt.clone(), a_jwt.clone()));
 
-    // A token replaced while the cache is held by a callback: the nested read still sees the new one.
+    // A token replaced while a callback borrows the old one: the nested read sees the new one.
     let next = mint("alice", T0 + 5, 3600);
     let a2 = a.clone();
     let handle = tokio::runtime::Handle::current();
@@ -129,7 +128,7 @@ fn every_thread_reads_the_token_published_last() {
             let (m, barrier) = (m.clone(), barrier.clone());
             let first = first.clone();
             std::thread::spawn(move || {
-                // Fills this thread's cache with the first token.
+                // Reads the first token on this thread.
                 assert_eq!(text(&m).as_deref(), Some(first.as_str()));
                 barrier.wait(); // the update happens
                 barrier.wait();
@@ -148,8 +147,8 @@ fn every_thread_reads_the_token_published_last() {
     }
 }
 
-/// A thread-local whose destructor reads a manager: by then this crate's per-thread cache may be
-/// gone already; the read must still answer.
+/// A thread-local whose destructor reads a manager: by then the thread's other thread-locals (the
+/// lock-free reads' bookkeeping among them) may be gone already; the read must still answer.
 struct ReadsOnDrop(Option<AccessManager>, Arc<std::sync::Mutex<Option<String>>>);
 impl Drop for ReadsOnDrop {
     fn drop(&mut self) {
@@ -177,8 +176,8 @@ fn reads_from_a_thread_local_destructor_still_answer() {
     let out = Arc::new(std::sync::Mutex::new(None));
     let (m2, out2) = (m.clone(), out.clone());
     std::thread::spawn(move || {
-        // Reads first (the cache exists), then registers the late reader, so that it is destroyed
-        // after or before the cache, depending on the platform's order; either must work.
+        // Reads first (the read's thread-locals exist), then registers the late reader, so that it
+        // is destroyed after or before them, depending on the platform's order; either must work.
         assert!(m2.token().is_some());
         LATE_READER.with(|r| *r.borrow_mut() = ReadsOnDrop(Some(m2), out2));
     })

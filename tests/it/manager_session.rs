@@ -89,6 +89,36 @@ async fn a_refused_token_is_not_delivered_again() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn a_backend_handing_back_the_refused_token_is_retried_with_backoff() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let t1 = mint("alice", T0, 3600);
+    let (manager, mut events) = with_fetcher(&clock, fetcher)
+        .initial_token(t1.clone())
+        .build_with_events()
+        .unwrap();
+    assert_eq!(manager.report_service_error(51215), ServiceAction::Refresh);
+    calls.next().await.ok(t1.clone()); // the backend's cache hands back the refused token
+    settle().await;
+    let failed: Vec<_> = drain(&mut events)
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::RefreshFailed { retry_at, .. } => Some(retry_at),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, [Some(at(T0 + 1))]);
+    clock.advance(secs(1));
+    let retry = calls.next().await;
+    assert_eq!(retry.request.attempt(), 2);
+    let t2 = mint("alice", T0 + 1, 3600);
+    retry.ok(t2.clone());
+    settle().await;
+    assert_eq!(manager.token().unwrap().as_str(), t2);
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn reports_join_the_fetch_in_flight() {
     let clock = clock();
     let (fetcher, mut calls) = scripted();

@@ -257,3 +257,59 @@ async fn a_save_failing_in_a_read_only_directory_leaves_the_manager_working() {
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A store in memory whose `load` waits until the test opens the gate.
+#[derive(Default)]
+struct GatedStore {
+    token: Mutex<Option<String>>,
+    open: Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl GatedStore {
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+impl TokenStore for GatedStore {
+    fn load(&self) -> io::Result<Option<String>> {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+        Ok(self.token.lock().unwrap().clone())
+    }
+    fn save(&self, jwt: &str) -> io::Result<()> {
+        *self.token.lock().unwrap() = Some(jwt.to_owned());
+        Ok(())
+    }
+    fn clear(&self) -> io::Result<()> {
+        *self.token.lock().unwrap() = None;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_sign_out_while_the_stored_token_is_read_keeps_it_out() {
+    let gated = Arc::new(GatedStore::default());
+    gated.save(&mint("alice", T0, 3600)).unwrap();
+    let store = Observed::new(gated.clone());
+    let clock = clock();
+    let manager = AccessManager::builder()
+        .clock(clock.clone())
+        .store(store.clone())
+        .build()
+        .unwrap();
+    settle().await; // the load is under way, held at the gate
+    manager.sign_out().await;
+    gated.open();
+    assert_eq!(store.wait_calls(2).await, ["load", "clear"]);
+    settle().await;
+    assert!(
+        manager.token().is_none(),
+        "the signed-out session's token came back"
+    );
+    assert_eq!(gated.load().unwrap(), None);
+}

@@ -159,6 +159,18 @@ impl Driver {
             Err(e) => Err(RefreshError::Fetch(Arc::new(e))),
             Ok(jwt) => self.offer_fetched(jwt, now, fetch.started_generation),
         };
+        let refused_kept = matches!(
+            (&outcome, &self.current),
+            (Ok((_, false)), Some(c)) if c.refused
+        );
+        let outcome = if refused_kept {
+            // A service refused the token held, and the backend handed back no other.
+            Err(RefreshError::Fetch(Arc::new(FetchError::transient(
+                "the backend handed back no token but the one a service refused",
+            ))))
+        } else {
+            outcome
+        };
         let (token, changed) = match outcome {
             Ok(taken) => taken,
             Err(error) => {
@@ -297,9 +309,10 @@ impl Driver {
                 .max(MIN_RETRY_WAIT)
                 // No token lives longer.
                 .min(MAX_LIFETIME);
-            // The token is still good: no need to retry before its refresh window.
+            // The token is still good (fresh, and no service refused it): no need to retry before
+            // its refresh window.
             let at = match &self.current {
-                Some(c) if c.phase == Phase::Fresh => c.will_expire_at,
+                Some(c) if c.phase == Phase::Fresh && !c.refused => c.will_expire_at,
                 _ => ANY_TIME,
             };
             self.plan_fetch(Some(at), Some(wait));

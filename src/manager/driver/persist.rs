@@ -125,10 +125,12 @@ impl Driver {
     }
 
     /// The stored token, if any, becomes current when it passes `update_token`'s rules and no
-    /// token arrived meanwhile; a bad one is cleared. Then fetching starts as usual.
+    /// token arrived meanwhile; a bad one is cleared. Then fetching starts as usual. Nothing
+    /// happens when the app signed out meanwhile.
     fn on_loaded(&mut self, stored: Option<String>) {
-        if let Some(persistence) = &mut self.persistence {
-            persistence.loading = false;
+        match &mut self.persistence {
+            Some(persistence) if persistence.loading => persistence.loading = false,
+            _ => return,
         }
         let now = self.shared.clock.now();
         // A token that arrived meanwhile is newer news: the stored one is left to be overwritten.

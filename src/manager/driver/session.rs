@@ -84,6 +84,8 @@ impl Driver {
         self.set_halted(true);
         self.set_invalid_strike(0);
         if let Some(persistence) = &mut self.persistence {
+            // A stored token still being read belongs to the session signed out of.
+            persistence.loading = false;
             persistence.clear();
         }
         self.fanout.sign_out(&self.shared, reply);
