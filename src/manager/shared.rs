@@ -205,12 +205,12 @@ impl Shared {
         true
     }
 
-    /// The driver found these consumers dropped by the app.
+    /// The driver found these consumers (ids ascending) dropped by the app.
     pub(super) fn forget_consumers(&self, gone: &[ConsumerId]) {
         if !gone.is_empty() {
             lock(&self.mailbox)
                 .registered
-                .retain(|id| !gone.contains(id));
+                .retain(|id| gone.binary_search(id).is_err());
         }
     }
 
