@@ -4,7 +4,6 @@
 //! signature, in the order of the token format's rules, and stops at the first that fails. The server
 //! side (and tests) use [`AccessToken::verify`], which also checks the HS256 signature and the time rules.
 
-mod base64url;
 pub(crate) mod error;
 pub mod grants;
 mod mint;

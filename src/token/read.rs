@@ -6,8 +6,10 @@
 //! [`super::shape`]) in the same pass over the payload as the other claims.
 
 use super::mint::HEADER_B64;
-use super::{base64url, shape};
+use super::shape;
 use super::{TokenError, CONTENT_TYPE, MAX_TOKEN_LEN, SIGNATURE_LEN};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -111,25 +113,24 @@ pub(super) fn trim(jwt: &str) -> &str {
     jwt.trim_matches(|c: char| c.is_ascii_whitespace())
 }
 
-/// Decodes the header and the payload into `buf` (grown, never shrunk, so a reused buffer is not
-/// zeroed again).
+/// Decodes the header and the payload, one after the other, into `buf` (cleared first; its
+/// capacity is reused).
 fn decode_segments<'b>(
     header: &str,
     payload: &str,
     buf: &'b mut Vec<u8>,
 ) -> Result<(&'b [u8], &'b [u8]), TokenError> {
-    let header_len = base64url::buffer_len(header.len());
-    let needed = header_len + base64url::buffer_len(payload.len());
-    if buf.len() < needed {
-        buf.resize(needed, 0);
-    }
-    let (header_buf, payload_buf) = buf.split_at_mut(header_len);
     let not_base64 =
         |what: &str| TokenError::malformed(format!("the {what} is not unpadded base64url"));
-    let h = base64url::decode(header.as_bytes(), header_buf).ok_or_else(|| not_base64("header"))?;
-    let p =
-        base64url::decode(payload.as_bytes(), payload_buf).ok_or_else(|| not_base64("payload"))?;
-    Ok((&header_buf[..h], &payload_buf[..p]))
+    buf.clear();
+    URL_SAFE_NO_PAD
+        .decode_vec(header, buf)
+        .map_err(|_| not_base64("header"))?;
+    let header_len = buf.len();
+    URL_SAFE_NO_PAD
+        .decode_vec(payload, buf)
+        .map_err(|_| not_base64("payload"))?;
+    Ok(buf.split_at(header_len))
 }
 
 /// The text of a JSON object; anything else (an array, a string, bytes that are not UTF-8 even
@@ -282,14 +283,14 @@ fn read_segments(
 
     // Rule 3: the signature's shape.
     let mut sig = [0u8; 64];
-    match base64url::decode(sig_b64.as_bytes(), &mut sig) {
-        Some(SIGNATURE_LEN) => {}
-        Some(n) => {
+    match URL_SAFE_NO_PAD.decode_slice(sig_b64, &mut sig) {
+        Ok(SIGNATURE_LEN) => {}
+        Ok(n) => {
             return Err(TokenError::MalformedSignature {
                 reason: format!("{n} bytes, HS256 signatures are {SIGNATURE_LEN}"),
             })
         }
-        None => {
+        Err(_) => {
             return Err(TokenError::MalformedSignature {
                 reason: "not 32 bytes of unpadded base64url".into(),
             })
@@ -441,8 +442,6 @@ fn strip_position(msg: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use base64::Engine as _;
 
     #[test]
     fn json_seconds_accepts_non_negative_numbers_only() {
@@ -480,6 +479,39 @@ mod tests {
         let jwt = format!("{header}.{payload}.x");
         assert!(read(&jwt).is_err());
         SCRATCH.with(|s| assert!(s.borrow().capacity() <= SCRATCH_KEEP));
+    }
+
+    #[test]
+    fn segments_are_canonical_unpadded_base64url_only() {
+        let mut buf = Vec::new();
+        let decode = |payload: &str, buf: &mut Vec<u8>| {
+            decode_segments("e30", payload, buf).map(|(_, p)| p.to_vec())
+        };
+        // "{}" is `e30`; one byte (`{`) is `ew`, two (`{}`) `e30`.
+        assert_eq!(decode("e30", &mut buf).unwrap(), b"{}");
+        assert_eq!(decode("ew", &mut buf).unwrap(), b"{");
+        assert_eq!(decode("", &mut buf).unwrap(), b"");
+        for bad in [
+            "e30=",  // padding
+            "ew==",  // padding
+            "e31",   // set bits after the last byte
+            "ex",    // set bits after the last byte
+            "e30AB", // a length no base64 has
+            "e+/A",  // the standard alphabet
+            "e30 ",  // whitespace
+        ] {
+            let err = decode(bad, &mut buf).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("payload is not unpadded base64url"),
+                "{bad}: {err}"
+            );
+        }
+        let err = decode_segments("e30=", "e30", &mut buf).unwrap_err();
+        assert!(
+            err.to_string().contains("header is not unpadded base64url"),
+            "{err}"
+        );
     }
 
     #[test]
