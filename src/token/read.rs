@@ -1,8 +1,8 @@
 //! Reading a token's text: the token format's checks, in their order, stopping at the first that fails.
 //!
-//! The reading allocates only what the token keeps (one string holding the account SID, the API key
-//! SID, the region and the identity): segments are decoded into a buffer each thread reuses, claims
-//! are borrowed from the decoded JSON, and the grants are checked without being built (see
+//! Besides what the token keeps (one string holding the account SID, the API key SID, the region and
+//! the identity), the reading allocates one buffer for the decoded segments: claims are borrowed
+//! from the decoded JSON, and the grants are checked without being built (see
 //! [`super::shape`]) in the same pass over the payload as the other claims.
 
 use super::mint::HEADER_B64;
@@ -13,16 +13,6 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::cell::RefCell;
-
-/// A thread's decoding buffer is kept up to this size (a token holding all six grants needs
-/// about 1.2 KiB); a larger one, for an unusually large token, is freed after use.
-const SCRATCH_KEEP: usize = 4 * 1024;
-
-thread_local! {
-    /// The decoded header and payload, reused: no allocation and no zeroing per token.
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
 
 // Offsets into the token and its strings are kept as u16.
 const _: () = assert!(MAX_TOKEN_LEN <= u16::MAX as usize);
@@ -113,24 +103,21 @@ pub(super) fn trim(jwt: &str) -> &str {
     jwt.trim_matches(|c: char| c.is_ascii_whitespace())
 }
 
-/// Decodes the header and the payload, one after the other, into `buf` (cleared first; its
-/// capacity is reused).
-fn decode_segments<'b>(
-    header: &str,
-    payload: &str,
-    buf: &'b mut Vec<u8>,
-) -> Result<(&'b [u8], &'b [u8]), TokenError> {
+/// The decoded header and payload, one after the other in one buffer, and where the header ends.
+fn decode_segments(header: &str, payload: &str) -> Result<(Vec<u8>, usize), TokenError> {
     let not_base64 =
         |what: &str| TokenError::malformed(format!("the {what} is not unpadded base64url"));
-    buf.clear();
+    let mut buf = Vec::with_capacity(
+        base64::decoded_len_estimate(header.len()) + base64::decoded_len_estimate(payload.len()),
+    );
     URL_SAFE_NO_PAD
-        .decode_vec(header, buf)
+        .decode_vec(header, &mut buf)
         .map_err(|_| not_base64("header"))?;
     let header_len = buf.len();
     URL_SAFE_NO_PAD
-        .decode_vec(payload, buf)
+        .decode_vec(payload, &mut buf)
         .map_err(|_| not_base64("payload"))?;
-    Ok(buf.split_at(header_len))
+    Ok((buf, header_len))
 }
 
 /// The text of a JSON object; anything else (an array, a string, bytes that are not UTF-8 even
@@ -212,40 +199,17 @@ pub(super) fn read(jwt: &str) -> Result<Parsed, TokenError> {
     }
     let (header_b64, payload_b64, sig_b64) =
         (&jwt[..first], &jwt[first + 1..last], &jwt[last + 1..]);
-    SCRATCH
-        .try_with(|scratch| match scratch.try_borrow_mut() {
-            Ok(mut buf) => {
-                let parsed = read_segments(jwt, header_b64, payload_b64, sig_b64, &mut buf);
-                if buf.capacity() > SCRATCH_KEEP {
-                    *buf = Vec::new();
-                }
-                parsed
-            }
-            Err(_) => read_segments(jwt, header_b64, payload_b64, sig_b64, &mut Vec::new()),
-        })
-        .unwrap_or_else(|_| read_segments(jwt, header_b64, payload_b64, sig_b64, &mut Vec::new()))
-}
-
-/// The checks from decoding on, with `buf` to decode into.
-fn read_segments(
-    jwt: &str,
-    header_b64: &str,
-    payload_b64: &str,
-    sig_b64: &str,
-    buf: &mut Vec<u8>,
-) -> Result<Parsed, TokenError> {
     // The header twilio-node writes without a region is known good: no need to decode or read it.
     let known_header = header_b64 == HEADER_B64;
-    let (header_bytes, payload_bytes) =
-        decode_segments(if known_header { "" } else { header_b64 }, payload_b64, buf).map_err(
-            |e| {
-                if payload_b64.contains('.') {
-                    not_three_segments()
-                } else {
-                    e
-                }
-            },
-        )?;
+    let (decoded, header_len) =
+        decode_segments(if known_header { "" } else { header_b64 }, payload_b64).map_err(|e| {
+            if payload_b64.contains('.') {
+                not_three_segments()
+            } else {
+                e
+            }
+        })?;
+    let (header_bytes, payload_bytes) = decoded.split_at(header_len);
     let header: Option<RawHeader<'_>> = if known_header {
         None
     } else {
@@ -469,28 +433,13 @@ mod tests {
     }
 
     #[test]
-    fn the_decoding_buffer_grows_for_a_large_token_and_is_not_kept() {
-        let header = URL_SAFE_NO_PAD.encode(b"{}");
-        let payload = URL_SAFE_NO_PAD.encode(vec![b'x'; SCRATCH_KEEP * 2]);
-        let mut buf = Vec::new();
-        let (h, p) = decode_segments(&header, &payload, &mut buf).unwrap();
-        assert_eq!((h, p.len()), (&b"{}"[..], SCRATCH_KEEP * 2));
-        // The thread's buffer is dropped after such a token.
-        let jwt = format!("{header}.{payload}.x");
-        assert!(read(&jwt).is_err());
-        SCRATCH.with(|s| assert!(s.borrow().capacity() <= SCRATCH_KEEP));
-    }
-
-    #[test]
     fn segments_are_canonical_unpadded_base64url_only() {
-        let mut buf = Vec::new();
-        let decode = |payload: &str, buf: &mut Vec<u8>| {
-            decode_segments("e30", payload, buf).map(|(_, p)| p.to_vec())
-        };
+        let decode =
+            |payload: &str| decode_segments("e30", payload).map(|(buf, at)| buf[at..].to_vec());
         // "{}" is `e30`; one byte (`{`) is `ew`, two (`{}`) `e30`.
-        assert_eq!(decode("e30", &mut buf).unwrap(), b"{}");
-        assert_eq!(decode("ew", &mut buf).unwrap(), b"{");
-        assert_eq!(decode("", &mut buf).unwrap(), b"");
+        assert_eq!(decode("e30").unwrap(), b"{}");
+        assert_eq!(decode("ew").unwrap(), b"{");
+        assert_eq!(decode("").unwrap(), b"");
         for bad in [
             "e30=",  // padding
             "ew==",  // padding
@@ -500,14 +449,14 @@ mod tests {
             "e+/A",  // the standard alphabet
             "e30 ",  // whitespace
         ] {
-            let err = decode(bad, &mut buf).unwrap_err();
+            let err = decode(bad).unwrap_err();
             assert!(
                 err.to_string()
                     .contains("payload is not unpadded base64url"),
                 "{bad}: {err}"
             );
         }
-        let err = decode_segments("e30=", "e30", &mut buf).unwrap_err();
+        let err = decode_segments("e30=", "e30").unwrap_err();
         assert!(
             err.to_string().contains("header is not unpadded base64url"),
             "{err}"
