@@ -2,12 +2,15 @@
 //!
 //! Besides what the token keeps (one string holding the account SID, the API key SID, the region and
 //! the identity), the reading allocates one buffer for the decoded segments: claims are borrowed
-//! from the decoded JSON, and the grants are checked without being built (see
-//! [`super::shape`]) in the same pass over the payload as the other claims.
+//! from the decoded JSON, and the grants are deserialised as [`Grants`] to check them, then dropped
+//! but for the identity and which kinds are present ([`AccessToken::grants`] builds them again on
+//! first use).
+//!
+//! [`AccessToken::grants`]: super::AccessToken::grants
 
+use super::grants::Grants;
 use super::mint::HEADER_B64;
-use super::shape;
-use super::{TokenError, CONTENT_TYPE, MAX_TOKEN_LEN, SIGNATURE_LEN};
+use super::{kind_bit, TokenError, CONTENT_TYPE, MAX_TOKEN_LEN, SIGNATURE_LEN};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde::Deserialize;
@@ -31,7 +34,7 @@ pub(super) struct Parsed {
     pub(super) iat: Option<u64>,
     pub(super) has_region: bool,
     pub(super) has_identity: bool,
-    /// One bit per kind of grant present ([`shape::bit`]).
+    /// One bit per kind of grant present ([`kind_bit`]).
     pub(super) kinds: u8,
 }
 
@@ -49,8 +52,8 @@ struct RawHeader<'a> {
     twr: Option<&'a RawValue>,
 }
 
-/// The claims with the grants kept as text: the slow path, for a payload the fast one refused, so
-/// that the first broken rule is the one reported.
+/// The claims, kept as text until their rule reads them, so that the first broken rule is the one
+/// reported.
 #[derive(Deserialize)]
 struct RawClaims<'a> {
     #[serde(borrow, default, deserialize_with = "present")]
@@ -65,30 +68,6 @@ struct RawClaims<'a> {
     iat: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     grants: Option<&'a RawValue>,
-}
-
-/// The claims with the grants checked in the same pass: the usual path.
-#[derive(Deserialize)]
-struct CheckedClaims<'a> {
-    #[serde(borrow, default, deserialize_with = "present")]
-    iss: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    sub: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    exp: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    nbf: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    iat: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "checked_grants")]
-    grants: Option<shape::GrantsShape<'a>>,
-}
-
-/// A `grants` key whose value passes the grants check (a `null` does not).
-fn checked_grants<'de: 'a, 'a, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<shape::GrantsShape<'a>>, D::Error> {
-    shape::GrantsShape::deserialize(deserializer).map(Some)
 }
 
 /// A key that is present, whatever its value (`null` included).
@@ -219,25 +198,8 @@ pub(super) fn read(jwt: &str) -> Result<Parsed, TokenError> {
         )
     };
     let payload = json_object_text(payload_bytes, "payload")?;
-    // One pass reads the claims and checks the grants. If it fails, a pass that keeps the grants
-    // as text finds out which rule broke first (a broken grant is only the last rule, 7).
-    let (claims, checked) = match serde_json::from_str::<CheckedClaims<'_>>(payload) {
-        Ok(c) => (
-            RawClaims {
-                iss: c.iss,
-                sub: c.sub,
-                exp: c.exp,
-                nbf: c.nbf,
-                iat: c.iat,
-                grants: None,
-            },
-            Some(c.grants),
-        ),
-        Err(_) => (
-            serde_json::from_str::<RawClaims<'_>>(payload).map_err(|_| not_object("payload"))?,
-            None,
-        ),
-    };
+    let claims =
+        serde_json::from_str::<RawClaims<'_>>(payload).map_err(|_| not_object("payload"))?;
 
     // Rule 2: Twilio's header.
     let region = match header {
@@ -301,24 +263,22 @@ pub(super) fn read(jwt: &str) -> Result<Parsed, TokenError> {
     let nbf = time_claim(claims.nbf, "nbf")?;
     let iat = time_claim(claims.iat, "iat")?;
 
-    // Rule 7: grants, checked (not built: `AccessToken::grants` builds them on first use).
-    let missing = || TokenError::InvalidGrants {
+    // Rule 7: grants. Read on their own, as `AccessToken::grants` reads them again on first use
+    // (inside the payload they would sit one level deeper, nearer serde_json's nesting limit).
+    let grants_raw = claims.grants.ok_or_else(|| TokenError::InvalidGrants {
         reason: "grants is missing".into(),
-    };
-    let grants = match checked {
-        Some(grants) => grants.ok_or_else(missing)?,
-        None => {
-            let grants_raw = claims.grants.ok_or_else(missing)?;
-            if !grants_raw.get().starts_with('{') {
-                return Err(TokenError::InvalidGrants {
-                    reason: "grants must be an object".into(),
-                });
-            }
-            shape::read(grants_raw.get()).map_err(|e| TokenError::InvalidGrants {
-                reason: grants_reason(&e),
-            })?
+    })?;
+    if !grants_raw.get().starts_with('{') {
+        return Err(TokenError::InvalidGrants {
+            reason: "grants must be an object".into(),
+        });
+    }
+    let grants = serde_json::from_str::<Grants>(grants_raw.get()).map_err(|e| {
+        TokenError::InvalidGrants {
+            reason: grants_reason(&e),
         }
-    };
+    })?;
+    let kinds = grants.kinds().fold(0, |bits, kind| bits | kind_bit(kind));
 
     let region_str = region.as_deref().unwrap_or("");
     let identity = grants.identity.as_deref().unwrap_or("");
@@ -344,7 +304,7 @@ pub(super) fn read(jwt: &str) -> Result<Parsed, TokenError> {
         iat,
         has_region: region.is_some(),
         has_identity: grants.identity.is_some(),
-        kinds: grants.kinds,
+        kinds,
     })
 }
 
