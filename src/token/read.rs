@@ -9,7 +9,6 @@
 //! [`AccessToken::grants`]: super::AccessToken::grants
 
 use super::grants::Grants;
-use super::mint::HEADER_B64;
 use super::{kind_bit, TokenError, CONTENT_TYPE, MAX_TOKEN_LEN, SIGNATURE_LEN};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -178,34 +177,22 @@ pub(super) fn read(jwt: &str) -> Result<Parsed, TokenError> {
     }
     let (header_b64, payload_b64, sig_b64) =
         (&jwt[..first], &jwt[first + 1..last], &jwt[last + 1..]);
-    // The header twilio-node writes without a region is known good: no need to decode or read it.
-    let known_header = header_b64 == HEADER_B64;
-    let (decoded, header_len) =
-        decode_segments(if known_header { "" } else { header_b64 }, payload_b64).map_err(|e| {
-            if payload_b64.contains('.') {
-                not_three_segments()
-            } else {
-                e
-            }
-        })?;
+    let (decoded, header_len) = decode_segments(header_b64, payload_b64).map_err(|e| {
+        if payload_b64.contains('.') {
+            not_three_segments()
+        } else {
+            e
+        }
+    })?;
     let (header_bytes, payload_bytes) = decoded.split_at(header_len);
-    let header: Option<RawHeader<'_>> = if known_header {
-        None
-    } else {
-        Some(
-            serde_json::from_str(json_object_text(header_bytes, "header")?)
-                .map_err(|_| not_object("header"))?,
-        )
-    };
+    let header: RawHeader<'_> = serde_json::from_str(json_object_text(header_bytes, "header")?)
+        .map_err(|_| not_object("header"))?;
     let payload = json_object_text(payload_bytes, "payload")?;
     let claims =
         serde_json::from_str::<RawClaims<'_>>(payload).map_err(|_| not_object("payload"))?;
 
     // Rule 2: Twilio's header.
-    let region = match header {
-        None => None,
-        Some(header) => check_header(&header)?,
-    };
+    let region = check_header(&header)?;
 
     // Rule 3: the signature's shape.
     let mut sig = [0u8; 64];
@@ -308,7 +295,7 @@ pub(super) fn read(jwt: &str) -> Result<Parsed, TokenError> {
     })
 }
 
-/// Rule 2 on a header other than the usual one; its region, if any.
+/// Rule 2; the header's region, if any.
 fn check_header<'a>(header: &RawHeader<'a>) -> Result<Option<Cow<'a, str>>, TokenError> {
     if !json_str_is(header.alg, "HS256") {
         return Err(TokenError::InvalidHeader {
@@ -445,13 +432,5 @@ mod tests {
         }
         let err = read("!.b.c").err().unwrap();
         assert!(err.to_string().contains("header is not unpadded"), "{err}");
-    }
-
-    #[test]
-    fn the_known_header_is_the_one_read_the_long_way() {
-        let header = URL_SAFE_NO_PAD.decode(HEADER_B64).unwrap();
-        let header: RawHeader<'_> = serde_json::from_slice(&header).unwrap();
-        assert!(matches!(check_header(&header), Ok(None)));
-        assert!(header.typ.is_some());
     }
 }
