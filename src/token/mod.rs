@@ -4,12 +4,10 @@
 //! signature, in the order of the token format's rules, and stops at the first that fails. The server
 //! side (and tests) use [`AccessToken::verify`], which also checks the HS256 signature and the time rules.
 
-mod base64url;
 pub(crate) mod error;
 pub mod grants;
 mod mint;
 mod read;
-mod shape;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -131,9 +129,9 @@ impl Inner {
             let claim = serde_json::from_slice::<GrantsClaim<'_>>(&json).ok()?;
             serde_json::from_str::<Grants>(claim.grants.get()).ok()
         });
-        // The grants check (`shape`) accepts exactly what `Grants` deserialises; tests hold the two
-        // together, so a failure here is a bug in this crate, not a bad token: say so, and keep
-        // what parse already read rather than panic.
+        // Parsing deserialised these very grants from this very text, so a failure here is a bug
+        // in this crate, not a bad token: say so, and keep what parse already read rather than
+        // panic.
         match grants {
             Some(grants) => grants,
             None => {
@@ -145,6 +143,11 @@ impl Inner {
             }
         }
     }
+}
+
+/// The bit of `kind` in [`Inner`]'s `kinds`.
+fn kind_bit(kind: GrantKind) -> u8 {
+    1 << kind as u8
 }
 
 pub(crate) fn unix_secs(t: SystemTime) -> u64 {
@@ -289,8 +292,9 @@ impl AccessToken {
 
     /// The grants.
     ///
-    /// Parsing checks them but does not build them: the first call builds them from the token
-    /// text (a few microseconds) and later calls share the result. [`identity`](Self::identity),
+    /// Parsing checks them but keeps only the identity and the kinds present: the first call
+    /// builds them again from the token text (a few microseconds) and later calls share the
+    /// result. [`identity`](Self::identity),
     /// [`has_grant`](Self::has_grant) and [`grant_kinds`](Self::grant_kinds) never need them.
     pub fn grants(&self) -> &Grants {
         self.inner
@@ -300,7 +304,7 @@ impl AccessToken {
 
     /// Whether the token carries a grant of this kind.
     pub fn has_grant(&self, kind: GrantKind) -> bool {
-        self.inner.kinds & shape::bit(kind) != 0
+        self.inner.kinds & kind_bit(kind) != 0
     }
 
     /// The kinds of grant the token carries, in wire order.

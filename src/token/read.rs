@@ -1,26 +1,20 @@
 //! Reading a token's text: the token format's checks, in their order, stopping at the first that fails.
 //!
-//! The reading allocates only what the token keeps (one string holding the account SID, the API key
-//! SID, the region and the identity): segments are decoded into a buffer each thread reuses, claims
-//! are borrowed from the decoded JSON, and the grants are checked without being built (see
-//! [`super::shape`]) in the same pass over the payload as the other claims.
+//! Besides what the token keeps (one string holding the account SID, the API key SID, the region and
+//! the identity), the reading allocates one buffer for the decoded segments: claims are borrowed
+//! from the decoded JSON, and the grants are deserialised as [`Grants`] to check them, then dropped
+//! but for the identity and which kinds are present ([`AccessToken::grants`] builds them again on
+//! first use).
+//!
+//! [`AccessToken::grants`]: super::AccessToken::grants
 
-use super::mint::HEADER_B64;
-use super::{base64url, shape};
-use super::{TokenError, CONTENT_TYPE, MAX_TOKEN_LEN, SIGNATURE_LEN};
+use super::grants::Grants;
+use super::{kind_bit, TokenError, CONTENT_TYPE, MAX_TOKEN_LEN, SIGNATURE_LEN};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::cell::RefCell;
-
-/// A thread's decoding buffer is kept up to this size (a token holding all six grants needs
-/// about 1.2 KiB); a larger one, for an unusually large token, is freed after use.
-const SCRATCH_KEEP: usize = 4 * 1024;
-
-thread_local! {
-    /// The decoded header and payload, reused: no allocation and no zeroing per token.
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
 
 // Offsets into the token and its strings are kept as u16.
 const _: () = assert!(MAX_TOKEN_LEN <= u16::MAX as usize);
@@ -39,7 +33,7 @@ pub(super) struct Parsed {
     pub(super) iat: Option<u64>,
     pub(super) has_region: bool,
     pub(super) has_identity: bool,
-    /// One bit per kind of grant present ([`shape::bit`]).
+    /// One bit per kind of grant present ([`kind_bit`]).
     pub(super) kinds: u8,
 }
 
@@ -57,8 +51,8 @@ struct RawHeader<'a> {
     twr: Option<&'a RawValue>,
 }
 
-/// The claims with the grants kept as text: the slow path, for a payload the fast one refused, so
-/// that the first broken rule is the one reported.
+/// The claims, kept as text until their rule reads them, so that the first broken rule is the one
+/// reported.
 #[derive(Deserialize)]
 struct RawClaims<'a> {
     #[serde(borrow, default, deserialize_with = "present")]
@@ -75,30 +69,6 @@ struct RawClaims<'a> {
     grants: Option<&'a RawValue>,
 }
 
-/// The claims with the grants checked in the same pass: the usual path.
-#[derive(Deserialize)]
-struct CheckedClaims<'a> {
-    #[serde(borrow, default, deserialize_with = "present")]
-    iss: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    sub: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    exp: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    nbf: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    iat: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "checked_grants")]
-    grants: Option<shape::GrantsShape<'a>>,
-}
-
-/// A `grants` key whose value passes the grants check (a `null` does not).
-fn checked_grants<'de: 'a, 'a, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<shape::GrantsShape<'a>>, D::Error> {
-    shape::GrantsShape::deserialize(deserializer).map(Some)
-}
-
 /// A key that is present, whatever its value (`null` included).
 fn present<'de: 'a, 'a, D: serde::Deserializer<'de>>(
     deserializer: D,
@@ -111,25 +81,21 @@ pub(super) fn trim(jwt: &str) -> &str {
     jwt.trim_matches(|c: char| c.is_ascii_whitespace())
 }
 
-/// Decodes the header and the payload into `buf` (grown, never shrunk, so a reused buffer is not
-/// zeroed again).
-fn decode_segments<'b>(
-    header: &str,
-    payload: &str,
-    buf: &'b mut Vec<u8>,
-) -> Result<(&'b [u8], &'b [u8]), TokenError> {
-    let header_len = base64url::buffer_len(header.len());
-    let needed = header_len + base64url::buffer_len(payload.len());
-    if buf.len() < needed {
-        buf.resize(needed, 0);
-    }
-    let (header_buf, payload_buf) = buf.split_at_mut(header_len);
+/// The decoded header and payload, one after the other in one buffer, and where the header ends.
+fn decode_segments(header: &str, payload: &str) -> Result<(Vec<u8>, usize), TokenError> {
     let not_base64 =
         |what: &str| TokenError::malformed(format!("the {what} is not unpadded base64url"));
-    let h = base64url::decode(header.as_bytes(), header_buf).ok_or_else(|| not_base64("header"))?;
-    let p =
-        base64url::decode(payload.as_bytes(), payload_buf).ok_or_else(|| not_base64("payload"))?;
-    Ok((&header_buf[..h], &payload_buf[..p]))
+    let mut buf = Vec::with_capacity(
+        base64::decoded_len_estimate(header.len()) + base64::decoded_len_estimate(payload.len()),
+    );
+    URL_SAFE_NO_PAD
+        .decode_vec(header, &mut buf)
+        .map_err(|_| not_base64("header"))?;
+    let header_len = buf.len();
+    URL_SAFE_NO_PAD
+        .decode_vec(payload, &mut buf)
+        .map_err(|_| not_base64("payload"))?;
+    Ok((buf, header_len))
 }
 
 /// The text of a JSON object; anything else (an array, a string, bytes that are not UTF-8 even
@@ -211,85 +177,33 @@ pub(super) fn read(jwt: &str) -> Result<Parsed, TokenError> {
     }
     let (header_b64, payload_b64, sig_b64) =
         (&jwt[..first], &jwt[first + 1..last], &jwt[last + 1..]);
-    SCRATCH
-        .try_with(|scratch| match scratch.try_borrow_mut() {
-            Ok(mut buf) => {
-                let parsed = read_segments(jwt, header_b64, payload_b64, sig_b64, &mut buf);
-                if buf.capacity() > SCRATCH_KEEP {
-                    *buf = Vec::new();
-                }
-                parsed
-            }
-            Err(_) => read_segments(jwt, header_b64, payload_b64, sig_b64, &mut Vec::new()),
-        })
-        .unwrap_or_else(|_| read_segments(jwt, header_b64, payload_b64, sig_b64, &mut Vec::new()))
-}
-
-/// The checks from decoding on, with `buf` to decode into.
-fn read_segments(
-    jwt: &str,
-    header_b64: &str,
-    payload_b64: &str,
-    sig_b64: &str,
-    buf: &mut Vec<u8>,
-) -> Result<Parsed, TokenError> {
-    // The header twilio-node writes without a region is known good: no need to decode or read it.
-    let known_header = header_b64 == HEADER_B64;
-    let (header_bytes, payload_bytes) =
-        decode_segments(if known_header { "" } else { header_b64 }, payload_b64, buf).map_err(
-            |e| {
-                if payload_b64.contains('.') {
-                    not_three_segments()
-                } else {
-                    e
-                }
-            },
-        )?;
-    let header: Option<RawHeader<'_>> = if known_header {
-        None
-    } else {
-        Some(
-            serde_json::from_str(json_object_text(header_bytes, "header")?)
-                .map_err(|_| not_object("header"))?,
-        )
-    };
+    let (decoded, header_len) = decode_segments(header_b64, payload_b64).map_err(|e| {
+        if payload_b64.contains('.') {
+            not_three_segments()
+        } else {
+            e
+        }
+    })?;
+    let (header_bytes, payload_bytes) = decoded.split_at(header_len);
+    let header: RawHeader<'_> = serde_json::from_str(json_object_text(header_bytes, "header")?)
+        .map_err(|_| not_object("header"))?;
     let payload = json_object_text(payload_bytes, "payload")?;
-    // One pass reads the claims and checks the grants. If it fails, a pass that keeps the grants
-    // as text finds out which rule broke first (a broken grant is only the last rule, 7).
-    let (claims, checked) = match serde_json::from_str::<CheckedClaims<'_>>(payload) {
-        Ok(c) => (
-            RawClaims {
-                iss: c.iss,
-                sub: c.sub,
-                exp: c.exp,
-                nbf: c.nbf,
-                iat: c.iat,
-                grants: None,
-            },
-            Some(c.grants),
-        ),
-        Err(_) => (
-            serde_json::from_str::<RawClaims<'_>>(payload).map_err(|_| not_object("payload"))?,
-            None,
-        ),
-    };
+    let claims =
+        serde_json::from_str::<RawClaims<'_>>(payload).map_err(|_| not_object("payload"))?;
 
     // Rule 2: Twilio's header.
-    let region = match header {
-        None => None,
-        Some(header) => check_header(&header)?,
-    };
+    let region = check_header(&header)?;
 
     // Rule 3: the signature's shape.
     let mut sig = [0u8; 64];
-    match base64url::decode(sig_b64.as_bytes(), &mut sig) {
-        Some(SIGNATURE_LEN) => {}
-        Some(n) => {
+    match URL_SAFE_NO_PAD.decode_slice(sig_b64, &mut sig) {
+        Ok(SIGNATURE_LEN) => {}
+        Ok(n) => {
             return Err(TokenError::MalformedSignature {
                 reason: format!("{n} bytes, HS256 signatures are {SIGNATURE_LEN}"),
             })
         }
-        None => {
+        Err(_) => {
             return Err(TokenError::MalformedSignature {
                 reason: "not 32 bytes of unpadded base64url".into(),
             })
@@ -336,24 +250,22 @@ fn read_segments(
     let nbf = time_claim(claims.nbf, "nbf")?;
     let iat = time_claim(claims.iat, "iat")?;
 
-    // Rule 7: grants, checked (not built: `AccessToken::grants` builds them on first use).
-    let missing = || TokenError::InvalidGrants {
+    // Rule 7: grants. Read on their own, as `AccessToken::grants` reads them again on first use
+    // (inside the payload they would sit one level deeper, nearer serde_json's nesting limit).
+    let grants_raw = claims.grants.ok_or_else(|| TokenError::InvalidGrants {
         reason: "grants is missing".into(),
-    };
-    let grants = match checked {
-        Some(grants) => grants.ok_or_else(missing)?,
-        None => {
-            let grants_raw = claims.grants.ok_or_else(missing)?;
-            if !grants_raw.get().starts_with('{') {
-                return Err(TokenError::InvalidGrants {
-                    reason: "grants must be an object".into(),
-                });
-            }
-            shape::read(grants_raw.get()).map_err(|e| TokenError::InvalidGrants {
-                reason: grants_reason(&e),
-            })?
+    })?;
+    if !grants_raw.get().starts_with('{') {
+        return Err(TokenError::InvalidGrants {
+            reason: "grants must be an object".into(),
+        });
+    }
+    let grants = serde_json::from_str::<Grants>(grants_raw.get()).map_err(|e| {
+        TokenError::InvalidGrants {
+            reason: grants_reason(&e),
         }
-    };
+    })?;
+    let kinds = grants.kinds().fold(0, |bits, kind| bits | kind_bit(kind));
 
     let region_str = region.as_deref().unwrap_or("");
     let identity = grants.identity.as_deref().unwrap_or("");
@@ -379,11 +291,11 @@ fn read_segments(
         iat,
         has_region: region.is_some(),
         has_identity: grants.identity.is_some(),
-        kinds: grants.kinds,
+        kinds,
     })
 }
 
-/// Rule 2 on a header other than the usual one; its region, if any.
+/// Rule 2; the header's region, if any.
 fn check_header<'a>(header: &RawHeader<'a>) -> Result<Option<Cow<'a, str>>, TokenError> {
     if !json_str_is(header.alg, "HS256") {
         return Err(TokenError::InvalidHeader {
@@ -441,8 +353,6 @@ fn strip_position(msg: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use base64::Engine as _;
 
     #[test]
     fn json_seconds_accepts_non_negative_numbers_only() {
@@ -470,16 +380,34 @@ mod tests {
     }
 
     #[test]
-    fn the_decoding_buffer_grows_for_a_large_token_and_is_not_kept() {
-        let header = URL_SAFE_NO_PAD.encode(b"{}");
-        let payload = URL_SAFE_NO_PAD.encode(vec![b'x'; SCRATCH_KEEP * 2]);
-        let mut buf = Vec::new();
-        let (h, p) = decode_segments(&header, &payload, &mut buf).unwrap();
-        assert_eq!((h, p.len()), (&b"{}"[..], SCRATCH_KEEP * 2));
-        // The thread's buffer is dropped after such a token.
-        let jwt = format!("{header}.{payload}.x");
-        assert!(read(&jwt).is_err());
-        SCRATCH.with(|s| assert!(s.borrow().capacity() <= SCRATCH_KEEP));
+    fn segments_are_canonical_unpadded_base64url_only() {
+        let decode =
+            |payload: &str| decode_segments("e30", payload).map(|(buf, at)| buf[at..].to_vec());
+        // "{}" is `e30`; one byte (`{`) is `ew`, two (`{}`) `e30`.
+        assert_eq!(decode("e30").unwrap(), b"{}");
+        assert_eq!(decode("ew").unwrap(), b"{");
+        assert_eq!(decode("").unwrap(), b"");
+        for bad in [
+            "e30=",  // padding
+            "ew==",  // padding
+            "e31",   // set bits after the last byte
+            "ex",    // set bits after the last byte
+            "e30AB", // a length no base64 has
+            "e+/A",  // the standard alphabet
+            "e30 ",  // whitespace
+        ] {
+            let err = decode(bad).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("payload is not unpadded base64url"),
+                "{bad}: {err}"
+            );
+        }
+        let err = decode_segments("e30=", "e30").unwrap_err();
+        assert!(
+            err.to_string().contains("header is not unpadded base64url"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -504,13 +432,5 @@ mod tests {
         }
         let err = read("!.b.c").err().unwrap();
         assert!(err.to_string().contains("header is not unpadded"), "{err}");
-    }
-
-    #[test]
-    fn the_known_header_is_the_one_read_the_long_way() {
-        let header = URL_SAFE_NO_PAD.decode(HEADER_B64).unwrap();
-        let header: RawHeader<'_> = serde_json::from_slice(&header).unwrap();
-        assert!(matches!(check_header(&header), Ok(None)));
-        assert!(header.typ.is_some());
     }
 }

@@ -1,5 +1,5 @@
-//! Parsing checks the grants without building them; `grants()` builds them on first use. The lazy
-//! path answers exactly what building them at parse time answered.
+//! Parsing checks the grants but keeps only the identity and the kinds; `grants()` builds them on
+//! first use. The lazy path answers exactly what building them at parse time answered.
 
 use crate::token_support::*;
 use access_manager::grants::GrantKind;
