@@ -27,6 +27,10 @@ fn public_types_are_send_and_sync_where_users_need_it() {
     send_sync::<Backoff>();
     send_sync::<ManualClock>();
     send_sync::<SystemClock>();
+    send_sync::<WeakAccessManager>();
+    send_sync::<ServiceAction>();
+    send_sync::<Stats>();
+    send_sync::<access_manager::store::FileTokenStore>();
     send::<Events>();
 }
 
@@ -42,6 +46,7 @@ fn the_managers_futures_are_send() {
     future_is_send(manager.refresh());
     future_is_send(manager.fresh_token(std::time::Duration::ZERO));
     future_is_send(manager.shutdown());
+    future_is_send(manager.sign_out());
     let mut events = manager.subscribe();
     future_is_send(events.recv());
 }
@@ -55,4 +60,5 @@ fn plugin_traits_fit_in_arc_dyn() {
     }
     object_safe(None, None);
     let _: Option<Box<dyn access_manager::clock::Clock>> = None;
+    let _: Option<Box<dyn access_manager::store::TokenStore>> = None;
 }
