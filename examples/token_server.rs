@@ -145,8 +145,7 @@ pub async fn serve(listener: TcpListener, config: Config) {
             Err(e) => {
                 // Out of file descriptors, usually: pause rather than spin.
                 eprintln!("token_server: accept failed: {e}");
-                let pause = SystemClock.now() + Duration::from_millis(100);
-                SystemClock.sleep_until(pause).await;
+                SystemClock.sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
