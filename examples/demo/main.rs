@@ -16,24 +16,22 @@
 //! It prints a timeline and a summary, and exits 0 when every client got at least two refreshed
 //! tokens and the outage was survived (no token ever expired), 1 otherwise, 130 on Ctrl-C.
 
+mod clients;
+mod server;
+
 use access_manager::clock::{Clock, SystemClock};
-use access_manager::grants::{ChatGrant, SyncGrant, VideoGrant, VoiceGrant};
 use access_manager::http::HttpFetcher;
-use access_manager::{
-    AccessManager, AccessToken, Backoff, ConsumerError, Event, GrantKind, TokenConsumer,
-};
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use access_manager::{AccessManager, AccessToken, Backoff, Event, GrantKind};
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+
+use clients::SdkClient;
+use server::{serve, TokenServer};
 
 const ACCOUNT_SID: &str = "AC00000000000000000000000000000001";
 const API_KEY_SID: &str = "SK00000000000000000000000000000001";
@@ -115,123 +113,6 @@ impl Timeline {
 
 fn secs_left(token: &AccessToken) -> f64 {
     token.remaining_at(SystemClock.now()).as_secs_f64()
-}
-
-// ---------------------------------------------------------------------------------------------
-// The token server: the app's backend.
-
-struct TokenServer {
-    ttl: Duration,
-    requests: AtomicU32,
-    /// Requests numbered in this range answer 503.
-    outage: std::ops::RangeInclusive<u32>,
-    refused: AtomicU32,
-    timeline: Timeline,
-}
-
-impl TokenServer {
-    fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-        let n = self.requests.fetch_add(1, Ordering::SeqCst) + 1;
-        let head = format!("{} {} #{n}", request.method(), request.uri().path());
-        let cookie = request
-            .headers()
-            .get("cookie")
-            .and_then(|v| v.to_str().ok());
-        if cookie != Some(SESSION_COOKIE) {
-            self.timeline
-                .line("server", format!("{head} → 401 (no session)"));
-            return respond(
-                StatusCode::UNAUTHORIZED,
-                "text/plain",
-                "log in first".into(),
-            );
-        }
-        if self.outage.contains(&n) {
-            self.refused.fetch_add(1, Ordering::SeqCst);
-            self.timeline
-                .line("server", format!("{head} → 503 (injected outage)"));
-            return respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "down".into());
-        }
-        let jwt = AccessToken::builder(ACCOUNT_SID, API_KEY_SID, API_SECRET)
-            .identity(IDENTITY)
-            .issued_at(SystemClock.now())
-            .ttl(self.ttl)
-            .grant(ChatGrant::default())
-            .grant(SyncGrant::default())
-            .grant(VoiceGrant {
-                incoming_allow: true,
-                ..Default::default()
-            })
-            .grant(VideoGrant::default())
-            .to_jwt()
-            .expect("the demo's SIDs and ttl are valid");
-        self.timeline.line(
-            "server",
-            format!("{head} → 200, new token valid {} s", self.ttl.as_secs()),
-        );
-        let body = serde_json::json!({ "identity": IDENTITY, "token": jwt }).to_string();
-        respond(StatusCode::OK, "application/json", body)
-    }
-}
-
-fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        "content-type",
-        content_type.parse().expect("a valid content type"),
-    );
-    response
-}
-
-async fn serve(listener: TcpListener, server: Arc<TokenServer>) {
-    while let Ok((stream, _)) = listener.accept().await {
-        let server = server.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let response = server.answer(&request);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The SDK clients.
-
-/// An SDK client as Twilio's services see tokens: it verifies the signature and its own grant, and
-/// refuses the token otherwise.
-struct SdkClient {
-    name: &'static str,
-    grant: GrantKind,
-    accepted: mpsc::UnboundedSender<(&'static str, AccessToken)>,
-}
-
-#[async_trait::async_trait]
-impl TokenConsumer for SdkClient {
-    fn name(&self) -> &str {
-        self.name
-    }
-
-    fn required_grant(&self) -> Option<GrantKind> {
-        Some(self.grant)
-    }
-
-    async fn update_token(&self, token: &AccessToken) -> Result<(), ConsumerError> {
-        let verified = AccessToken::verify(token.as_str(), API_SECRET, SystemClock.now())
-            .map_err(ConsumerError::new)?;
-        if !verified.has_grant(self.grant) {
-            return Err(ConsumerError::new(format!(
-                "token lacks the {} grant",
-                self.grant
-            )));
-        }
-        let _ = self.accepted.send((self.name, verified));
-        Ok(())
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
