@@ -1,7 +1,7 @@
 //! The whole token path on one machine, in real time.
 //!
 //! ```sh
-//! cargo run --features http --example demo                    # about 40 s
+//! cargo run --features http --example demo                    # about 41 s
 //! cargo run --features http --example demo -- --ttl 6 --lead 3 --cycles 2   # about 8 s
 //! ```
 //!
@@ -9,20 +9,35 @@
 //!   "alice" with chat, sync, voice and video grants, for requests carrying the session cookie.
 //! - An `AccessManager` fetches from it with an `HttpFetcher`, `--lead` seconds before expiry.
 //! - Four SDK-like clients (chat, sync, voice, video) take each token only after checking its
-//!   signature with the server's secret and their own grant, as Twilio's services do.
+//!   signature with the server's current API key and their own grant, as Twilio's services do;
+//!   they refuse a token with the service's Twilio error code (`ConsumerError::rejected`).
+//! - Key rotation: a quarter of a cycle after refresh 1 (3 s by default), the server rotates its
+//!   API key and the services learn the new one. They drop the sessions opened with the old key;
+//!   each client reconnects (is registered again), is handed the current token and refuses it:
+//!   `ConsumerError::rejected(20107, "signature no longer valid: the API key was rotated")`. The
+//!   manager reports each refusal (`ServiceRejected`, action `Refresh`) and fetches at once,
+//!   off-schedule (`FetchReason::Rejected { code: 20107 }`); the server signs with the new key
+//!   and every client is back on a valid token long before the old one would have expired.
 //! - At refresh 2 the server answers 503 twice: the manager keeps the still-valid token, retries
 //!   with backoff (0.5 s, then 1 s) and recovers before expiry.
 //!
 //! It prints a timeline and a summary, and exits 0 when every client got at least two refreshed
-//! tokens and the outage was survived (no token ever expired), 1 otherwise, 130 on Ctrl-C.
+//! tokens, the outage was survived (no token ever expired) and every client was on the new key
+//! before the old token would have expired; 1 otherwise, 130 on Ctrl-C.
 
 mod clients;
+mod rotation;
 mod server;
 
 use access_manager::clock::{Clock, SystemClock};
 use access_manager::http::HttpFetcher;
-use access_manager::{AccessManager, AccessToken, Backoff, Event, GrantKind};
+use access_manager::{
+    AccessManager, AccessToken, Backoff, Event, FetchError, FetchReason, FetchRequest, GrantKind,
+    TokenFetcher,
+};
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -31,13 +46,10 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use clients::SdkClient;
-use server::{serve, TokenServer};
+use rotation::Rotation;
+use server::{serve, KeyRing, TokenServer};
 
 const ACCOUNT_SID: &str = "AC00000000000000000000000000000001";
-const API_KEY_SID: &str = "SK00000000000000000000000000000001";
-/// The API key secret: known to the token server and to the services (here, the SDK clients'
-/// checks), never to the manager.
-const API_SECRET: &[u8] = b"demo-api-secret-keep-it-on-the-server";
 const IDENTITY: &str = "alice";
 const SESSION_COOKIE: &str = "session=demo-session-7f3a";
 /// How many consecutive requests the outage refuses.
@@ -93,6 +105,12 @@ impl Options {
     fn outage_refresh(&self) -> u32 {
         2
     }
+
+    /// The key rotates this long after refresh 1 has reached every client: early in the token's
+    /// life, so that the old token has most of it left, and the run stays short.
+    fn rotation_delay(&self) -> Duration {
+        Duration::from_secs(self.ttl - self.lead) / 4
+    }
 }
 
 /// Seconds since `start` on the demo's clock, for the timeline.
@@ -115,6 +133,20 @@ fn secs_left(token: &AccessToken) -> f64 {
     token.remaining_at(SystemClock.now()).as_secs_f64()
 }
 
+/// The manager's fetcher: the `HttpFetcher`, telling the timeline why each fetch starts.
+struct TracedFetcher {
+    http: HttpFetcher,
+    started: mpsc::UnboundedSender<(FetchReason, u32)>,
+}
+
+#[async_trait::async_trait]
+impl TokenFetcher for TracedFetcher {
+    async fn fetch_token(&self, request: FetchRequest) -> Result<String, FetchError> {
+        let _ = self.started.send((request.reason(), request.attempt()));
+        self.http.fetch_token(request).await
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The run.
 
@@ -130,9 +162,15 @@ struct Tally {
     refreshed: BTreeMap<&'static str, u32>,
     refresh_failures: u32,
     consumer_failures: u32,
+    /// `ServiceRejected` events, by code and action.
+    service_rejections: BTreeMap<(u32, String), u32>,
+    /// Fetches started because a service refused the token.
+    fetches_on_refusal: u32,
     expired: u32,
     /// A token arrived after a failed refresh.
     recovered: bool,
+    /// The key rotation scene, once it has started.
+    rotation: Option<Rotation>,
 }
 
 const CLIENTS: [(&str, GrantKind); 4] = [
@@ -142,7 +180,9 @@ const CLIENTS: [(&str, GrantKind); 4] = [
     ("video", GrantKind::Video),
 ];
 
-#[tokio::main]
+// One thread, like an app's UI loop: what the demo does between two awaits (the four clients'
+// reconnections at the key rotation) reaches the manager as one batch.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let options = match Options::parse() {
         Ok(options) => options,
@@ -162,9 +202,13 @@ async fn main() -> ExitCode {
         "http://{}/token",
         listener.local_addr().expect("local address")
     );
-    let outage_first = options.outage_refresh() + 1;
+    // Requests: #1 the first token, #2 refresh 1, #3 the fetch after the key rotation, then
+    // refresh 2.
+    let outage_first = options.outage_refresh() + 2;
+    let keys = Arc::new(KeyRing::default());
     let server = Arc::new(TokenServer {
         ttl: Duration::from_secs(options.ttl),
+        keys: keys.clone(),
         requests: AtomicU32::new(0),
         outage: outage_first..=outage_first + OUTAGE_REQUESTS - 1,
         refused: AtomicU32::new(0),
@@ -173,12 +217,14 @@ async fn main() -> ExitCode {
     let server_task = tokio::spawn(serve(listener, server.clone()));
 
     // The manager, fetching over HTTP.
-    let fetcher = HttpFetcher::builder(&url)
+    let http = HttpFetcher::builder(&url)
         .header("Cookie", SESSION_COOKIE)
         .json_body(&serde_json::json!({ "identity": IDENTITY }))
         .timeout(Duration::from_secs(5))
         .build()
         .expect("a valid fetcher");
+    let (started, mut fetches) = mpsc::unbounded_channel();
+    let fetcher = TracedFetcher { http, started };
     let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(4)).without_jitter();
     let manager = AccessManager::builder()
         .fetcher(fetcher)
@@ -198,13 +244,12 @@ async fn main() -> ExitCode {
             Arc::new(SdkClient {
                 name,
                 grant,
+                keys: keys.clone(),
                 accepted: accepted_tx.clone(),
             })
         })
         .collect();
-    for client in &clients {
-        manager.register(client);
-    }
+    let mut ids: Vec<_> = clients.iter().map(|c| manager.register(c)).collect();
     drop(accepted_tx);
 
     let cycle = options.ttl - options.lead;
@@ -212,13 +257,21 @@ async fn main() -> ExitCode {
     println!("  token server  POST {url} (cookie session; mints {IDENTITY:?}: chat, sync, voice, video; ttl {} s)", options.ttl);
     println!("  manager       HttpFetcher; refresh {} s before expiry; retry after 0.5 s, doubling to 4 s", options.lead);
     println!(
+        "  key rotation  {} s after refresh 1 the server rotates its API key; the clients reconnect",
+        options.rotation_delay().as_secs_f64()
+    );
+    println!(
         "  outage        the server answers 503 to the {OUTAGE_REQUESTS} requests of refresh {}",
         options.outage_refresh()
     );
+    // Each cycle, the rotation's head start on its cycle, and the outage's backoff.
+    let about = Duration::from_secs(u64::from(options.cycles) * cycle)
+        + options.rotation_delay()
+        + Duration::from_millis(1500);
     println!(
-        "  finish        after {} refreshes (about {} s); Ctrl-C stops early",
+        "  finish        after {} refreshes and the rotation's (about {:.0} s); Ctrl-C stops early",
         options.cycles,
-        u64::from(options.cycles) * cycle + 2
+        about.as_secs_f64()
     );
     println!();
     println!("{:>9}  {:<7}  what", "time", "who");
@@ -236,20 +289,33 @@ async fn main() -> ExitCode {
     if let Some(token) = manager.token() {
         on_event(&timeline, &mut tally, Event::TokenUpdated { token });
     }
+    let mut rotation_due: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
     let mut interrupted = false;
     let mut timed_out = false;
     loop {
         tokio::select! {
-            // Events first: a client's acceptance always follows its token's TokenUpdated.
+            // Events first: a client's acceptance always follows its token's TokenUpdated, and a
+            // fetch's start the refusal that caused it.
             biased;
             event = events.recv() => match event {
                 Some(event) => on_event(&timeline, &mut tally, event),
                 None => break,
             },
+            Some((reason, attempt)) = fetches.recv() => on_fetch(&timeline, &mut tally, reason, attempt),
             Some((name, token)) = accepted.recv() => {
-                if on_accepted(&timeline, &mut tally, name, token, options.cycles) {
-                    break;
+                match on_accepted(&timeline, &mut tally, name, token) {
+                    // The rotation's token is one more than the scheduled refreshes.
+                    Some(number) if number > options.cycles as usize + 1 => break,
+                    Some(2) if tally.rotation.is_none() && rotation_due.is_none() => {
+                        rotation_due = Some(clock.sleep(options.rotation_delay()));
+                    }
+                    _ => {}
                 }
+            }
+            () = async { rotation_due.as_mut().expect("armed").await }, if rotation_due.is_some() => {
+                rotation_due = None;
+                let number = tally.tokens.len();
+                tally.rotation = Rotation::start(&timeline, &keys, &manager, &clients, &mut ids, number);
             }
             _ = &mut ctrl_c => {
                 interrupted = true;
@@ -277,6 +343,10 @@ async fn main() -> ExitCode {
     let enough = CLIENTS
         .iter()
         .all(|(name, _)| tally.refreshed.get(name).copied().unwrap_or(0) >= 2);
+    let rotated = tally
+        .rotation
+        .as_ref()
+        .is_some_and(|r| r.absorbed(CLIENTS.len()));
     let refreshes = tally.tokens.len().saturating_sub(1);
 
     println!();
@@ -296,6 +366,27 @@ async fn main() -> ExitCode {
         tally.refresh_failures, tally.expired
     );
     println!("  consumer failures {}", tally.consumer_failures);
+    let rejections: Vec<String> = tally
+        .service_rejections
+        .iter()
+        .map(|((code, action), n)| format!("{n} × {code} → {action}"))
+        .collect();
+    println!(
+        "  service refusals  {}; fetches at once: {}",
+        if rejections.is_empty() {
+            "none".to_owned()
+        } else {
+            rejections.join(", ")
+        },
+        tally.fetches_on_refusal
+    );
+    let rotation = tally
+        .rotation
+        .as_ref()
+        .map_or("not reached".to_owned(), |r| {
+            r.summary(timeline.start, CLIENTS.len())
+        });
+    println!("  key rotation      {rotation}");
     println!();
     println!("  {:<8} {:>10} {:>10}", "client", "delivered", "refreshed");
     for (name, _) in CLIENTS {
@@ -311,16 +402,19 @@ async fn main() -> ExitCode {
     if interrupted {
         return ExitCode::from(130);
     }
-    if timed_out || !survived || !enough {
+    if timed_out || !survived || !enough || !rotated {
         println!();
         println!(
-            "FAILED: every client needs >= 2 refreshed tokens, and the outage must be survived"
+            "FAILED: every client needs >= 2 refreshed tokens, the outage must be survived, and \
+             every client must be on the new key before the old token expires"
         );
         return ExitCode::FAILURE;
     }
     println!();
     println!(
-        "ok: every client got {} refreshed tokens; the outage cost no expiry",
+        "ok: every client got {} refreshed tokens ({} on schedule, 1 after the key rotation); \
+         neither the outage nor the rotation cost an expiry",
+        options.cycles + 1,
         options.cycles
     );
     ExitCode::SUCCESS
@@ -344,6 +438,9 @@ fn on_event(timeline: &Timeline, tally: &mut Tally, event: Event) {
                 tally.recovered = true;
             }
             tally.tokens.push(token.clone());
+            if let Some(rotation) = &mut tally.rotation {
+                rotation.on_token();
+            }
             timeline.line(
                 "manager",
                 format!(
@@ -399,20 +496,43 @@ fn on_event(timeline: &Timeline, tally: &mut Tally, event: Event) {
             tally.consumer_failures += 1;
             timeline.line("manager", format!("ConsumerFailed   {consumer}: {error}"));
         }
+        Event::ServiceRejected { code, action } => {
+            *tally
+                .service_rejections
+                .entry((code, format!("{action:?}")))
+                .or_default() += 1;
+            timeline.line("manager", format!("ServiceRejected  {code} → {action:?}"));
+        }
         Event::Closed => {}
         other => timeline.line("manager", format!("{other:?}")),
     }
 }
 
-/// Records a client's acceptance; `true` once the last refresh has reached every client.
+/// Prints the start of a fetch the timeline does not show otherwise: retries follow a
+/// `RefreshFailed` line, and scheduled refreshes a `TokenWillExpire` line.
+fn on_fetch(timeline: &Timeline, tally: &mut Tally, reason: FetchReason, attempt: u32) {
+    if attempt == 1 && matches!(reason, FetchReason::Rejected { .. }) {
+        tally.fetches_on_refusal += 1;
+    }
+    if attempt == 1 && reason != FetchReason::WillExpire {
+        timeline.line(
+            "manager",
+            format!("FetchRequest     {reason:?}, attempt {attempt}"),
+        );
+    }
+}
+
+/// Records a client's acceptance; the token's number once every client has accepted it.
 fn on_accepted(
     timeline: &Timeline,
     tally: &mut Tally,
     name: &'static str,
     token: AccessToken,
-    cycles: u32,
-) -> bool {
+) -> Option<usize> {
     let number = number_of(tally, &token);
+    if let Some(rotation) = &mut tally.rotation {
+        rotation.on_accepted(name, &token);
+    }
     *tally.deliveries.entry(name).or_default() += 1;
     if number >= 2 {
         *tally.refreshed.entry(name).or_default() += 1;
@@ -420,7 +540,7 @@ fn on_accepted(
     let names = tally.accepted.entry(number).or_default();
     names.push(name);
     if names.len() < CLIENTS.len() {
-        return false;
+        return None;
     }
     timeline.line(
         "sdk",
@@ -429,5 +549,5 @@ fn on_accepted(
             names.join(", ")
         ),
     );
-    number > cycles as usize
+    Some(number)
 }
