@@ -1,7 +1,7 @@
 //! The whole token path on one machine, in real time.
 //!
 //! ```sh
-//! cargo run --features http --example demo                    # about 40 s
+//! cargo run --features http --example demo                    # about 41 s
 //! cargo run --features http --example demo -- --ttl 6 --lead 3 --cycles 2   # about 8 s
 //! ```
 //!
@@ -9,25 +9,35 @@
 //!   "alice" with chat, sync, voice and video grants, for requests carrying the session cookie.
 //! - An `AccessManager` fetches from it with an `HttpFetcher`, `--lead` seconds before expiry.
 //! - Four SDK-like clients (chat, sync, voice, video) take each token only after checking its
-//!   signature with the server's secret and their own grant, as Twilio's services do.
+//!   signature with the server's current API key and their own grant, as Twilio's services do;
+//!   they refuse a token with the service's Twilio error code (`ConsumerError::rejected`).
+//! - Key rotation: a quarter of a cycle after refresh 1 (3 s by default), the server rotates its
+//!   API key and the services learn the new one. They drop the sessions opened with the old key;
+//!   each client reconnects (is registered again), is handed the current token and refuses it:
+//!   `ConsumerError::rejected(20107, "signature no longer valid: the API key was rotated")`. The
+//!   manager reports each refusal (`ServiceRejected`, action `Refresh`) and fetches at once,
+//!   off-schedule (`FetchReason::Rejected { code: 20107 }`); the server signs with the new key
+//!   and every client is back on a valid token long before the old one would have expired.
 //! - At refresh 2 the server answers 503 twice: the manager keeps the still-valid token, retries
 //!   with backoff (0.5 s, then 1 s) and recovers before expiry.
 //!
 //! It prints a timeline and a summary, and exits 0 when every client got at least two refreshed
-//! tokens and the outage was survived (no token ever expired), 1 otherwise, 130 on Ctrl-C.
+//! tokens, the outage was survived (no token ever expired) and every client was on the new key
+//! before the old token would have expired; 1 otherwise, 130 on Ctrl-C.
+
+mod clients;
+mod rotation;
+mod server;
+mod tally;
 
 use access_manager::clock::{Clock, SystemClock};
-use access_manager::grants::{ChatGrant, SyncGrant, VideoGrant, VoiceGrant};
 use access_manager::http::HttpFetcher;
 use access_manager::{
-    AccessManager, AccessToken, Backoff, ConsumerError, Event, GrantKind, TokenConsumer,
+    AccessManager, AccessToken, Backoff, Event, FetchError, FetchReason, FetchRequest, GrantKind,
+    TokenFetcher,
 };
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use std::collections::BTreeMap;
-use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -35,11 +45,12 @@ use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use clients::SdkClient;
+use rotation::Rotation;
+use server::{serve, KeyRing, TokenServer};
+use tally::{on_accepted, on_event, on_fetch, Tally};
+
 const ACCOUNT_SID: &str = "AC00000000000000000000000000000001";
-const API_KEY_SID: &str = "SK00000000000000000000000000000001";
-/// The API key secret: known to the token server and to the services (here, the SDK clients'
-/// checks), never to the manager.
-const API_SECRET: &[u8] = b"demo-api-secret-keep-it-on-the-server";
 const IDENTITY: &str = "alice";
 const SESSION_COOKIE: &str = "session=demo-session-7f3a";
 /// How many consecutive requests the outage refuses.
@@ -95,6 +106,12 @@ impl Options {
     fn outage_refresh(&self) -> u32 {
         2
     }
+
+    /// The key rotates this long after refresh 1 has reached every client: early in the token's
+    /// life, so that the old token has most of it left, and the run stays short.
+    fn rotation_delay(&self) -> Duration {
+        Duration::from_secs(self.ttl - self.lead) / 4
+    }
 }
 
 /// Seconds since `start` on the demo's clock, for the timeline.
@@ -117,142 +134,22 @@ fn secs_left(token: &AccessToken) -> f64 {
     token.remaining_at(SystemClock.now()).as_secs_f64()
 }
 
-// ---------------------------------------------------------------------------------------------
-// The token server: the app's backend.
-
-struct TokenServer {
-    ttl: Duration,
-    requests: AtomicU32,
-    /// Requests numbered in this range answer 503.
-    outage: std::ops::RangeInclusive<u32>,
-    refused: AtomicU32,
-    timeline: Timeline,
-}
-
-impl TokenServer {
-    fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-        let n = self.requests.fetch_add(1, Ordering::SeqCst) + 1;
-        let head = format!("{} {} #{n}", request.method(), request.uri().path());
-        let cookie = request
-            .headers()
-            .get("cookie")
-            .and_then(|v| v.to_str().ok());
-        if cookie != Some(SESSION_COOKIE) {
-            self.timeline
-                .line("server", format!("{head} → 401 (no session)"));
-            return respond(
-                StatusCode::UNAUTHORIZED,
-                "text/plain",
-                "log in first".into(),
-            );
-        }
-        if self.outage.contains(&n) {
-            self.refused.fetch_add(1, Ordering::SeqCst);
-            self.timeline
-                .line("server", format!("{head} → 503 (injected outage)"));
-            return respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "down".into());
-        }
-        let jwt = AccessToken::builder(ACCOUNT_SID, API_KEY_SID, API_SECRET)
-            .identity(IDENTITY)
-            .issued_at(SystemClock.now())
-            .ttl(self.ttl)
-            .grant(ChatGrant::default())
-            .grant(SyncGrant::default())
-            .grant(VoiceGrant {
-                incoming_allow: true,
-                ..Default::default()
-            })
-            .grant(VideoGrant::default())
-            .to_jwt()
-            .expect("the demo's SIDs and ttl are valid");
-        self.timeline.line(
-            "server",
-            format!("{head} → 200, new token valid {} s", self.ttl.as_secs()),
-        );
-        let body = serde_json::json!({ "identity": IDENTITY, "token": jwt }).to_string();
-        respond(StatusCode::OK, "application/json", body)
-    }
-}
-
-fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        "content-type",
-        content_type.parse().expect("a valid content type"),
-    );
-    response
-}
-
-async fn serve(listener: TcpListener, server: Arc<TokenServer>) {
-    while let Ok((stream, _)) = listener.accept().await {
-        let server = server.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let response = server.answer(&request);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The SDK clients.
-
-/// An SDK client as Twilio's services see tokens: it verifies the signature and its own grant, and
-/// refuses the token otherwise.
-struct SdkClient {
-    name: &'static str,
-    grant: GrantKind,
-    accepted: mpsc::UnboundedSender<(&'static str, AccessToken)>,
+/// The manager's fetcher: the `HttpFetcher`, telling the timeline why each fetch starts.
+struct TracedFetcher {
+    http: HttpFetcher,
+    started: mpsc::UnboundedSender<(FetchReason, u32)>,
 }
 
 #[async_trait::async_trait]
-impl TokenConsumer for SdkClient {
-    fn name(&self) -> &str {
-        self.name
-    }
-
-    fn required_grant(&self) -> Option<GrantKind> {
-        Some(self.grant)
-    }
-
-    async fn update_token(&self, token: &AccessToken) -> Result<(), ConsumerError> {
-        let verified = AccessToken::verify(token.as_str(), API_SECRET, SystemClock.now())
-            .map_err(ConsumerError::new)?;
-        if !verified.has_grant(self.grant) {
-            return Err(ConsumerError::new(format!(
-                "token lacks the {} grant",
-                self.grant
-            )));
-        }
-        let _ = self.accepted.send((self.name, verified));
-        Ok(())
+impl TokenFetcher for TracedFetcher {
+    async fn fetch_token(&self, request: FetchRequest) -> Result<String, FetchError> {
+        let _ = self.started.send((request.reason(), request.attempt()));
+        self.http.fetch_token(request).await
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // The run.
-
-#[derive(Default)]
-struct Tally {
-    /// Tokens in the order they became current; index + 1 is the token number.
-    tokens: Vec<AccessToken>,
-    /// Per token number, the clients that accepted it.
-    accepted: BTreeMap<usize, Vec<&'static str>>,
-    /// Per client, accepted tokens.
-    deliveries: BTreeMap<&'static str, u32>,
-    /// Per client, accepted refreshed tokens (number 2 and later).
-    refreshed: BTreeMap<&'static str, u32>,
-    refresh_failures: u32,
-    consumer_failures: u32,
-    expired: u32,
-    /// A token arrived after a failed refresh.
-    recovered: bool,
-}
 
 const CLIENTS: [(&str, GrantKind); 4] = [
     ("chat", GrantKind::Chat),
@@ -261,7 +158,9 @@ const CLIENTS: [(&str, GrantKind); 4] = [
     ("video", GrantKind::Video),
 ];
 
-#[tokio::main]
+// One thread, like an app's UI loop: what the demo does between two awaits (the four clients'
+// reconnections at the key rotation) reaches the manager as one batch.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let options = match Options::parse() {
         Ok(options) => options,
@@ -281,9 +180,13 @@ async fn main() -> ExitCode {
         "http://{}/token",
         listener.local_addr().expect("local address")
     );
-    let outage_first = options.outage_refresh() + 1;
+    // Requests: #1 the first token, #2 refresh 1, #3 the fetch after the key rotation, then
+    // refresh 2.
+    let outage_first = options.outage_refresh() + 2;
+    let keys = Arc::new(KeyRing::default());
     let server = Arc::new(TokenServer {
         ttl: Duration::from_secs(options.ttl),
+        keys: keys.clone(),
         requests: AtomicU32::new(0),
         outage: outage_first..=outage_first + OUTAGE_REQUESTS - 1,
         refused: AtomicU32::new(0),
@@ -292,12 +195,14 @@ async fn main() -> ExitCode {
     let server_task = tokio::spawn(serve(listener, server.clone()));
 
     // The manager, fetching over HTTP.
-    let fetcher = HttpFetcher::builder(&url)
+    let http = HttpFetcher::builder(&url)
         .header("Cookie", SESSION_COOKIE)
         .json_body(&serde_json::json!({ "identity": IDENTITY }))
         .timeout(Duration::from_secs(5))
         .build()
         .expect("a valid fetcher");
+    let (started, mut fetches) = mpsc::unbounded_channel();
+    let fetcher = TracedFetcher { http, started };
     let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(4)).without_jitter();
     let manager = AccessManager::builder()
         .fetcher(fetcher)
@@ -317,13 +222,12 @@ async fn main() -> ExitCode {
             Arc::new(SdkClient {
                 name,
                 grant,
+                keys: keys.clone(),
                 accepted: accepted_tx.clone(),
             })
         })
         .collect();
-    for client in &clients {
-        manager.register(client);
-    }
+    let mut ids: Vec<_> = clients.iter().map(|c| manager.register(c)).collect();
     drop(accepted_tx);
 
     let cycle = options.ttl - options.lead;
@@ -331,13 +235,21 @@ async fn main() -> ExitCode {
     println!("  token server  POST {url} (cookie session; mints {IDENTITY:?}: chat, sync, voice, video; ttl {} s)", options.ttl);
     println!("  manager       HttpFetcher; refresh {} s before expiry; retry after 0.5 s, doubling to 4 s", options.lead);
     println!(
+        "  key rotation  {} s after refresh 1 the server rotates its API key; the clients reconnect",
+        options.rotation_delay().as_secs_f64()
+    );
+    println!(
         "  outage        the server answers 503 to the {OUTAGE_REQUESTS} requests of refresh {}",
         options.outage_refresh()
     );
+    // Each cycle, the rotation's head start on its cycle, and the outage's backoff.
+    let about = Duration::from_secs(u64::from(options.cycles) * cycle)
+        + options.rotation_delay()
+        + Duration::from_millis(1500);
     println!(
-        "  finish        after {} refreshes (about {} s); Ctrl-C stops early",
+        "  finish        after {} refreshes and the rotation's (about {:.0} s); Ctrl-C stops early",
         options.cycles,
-        u64::from(options.cycles) * cycle + 2
+        about.as_secs_f64()
     );
     println!();
     println!("{:>9}  {:<7}  what", "time", "who");
@@ -355,20 +267,33 @@ async fn main() -> ExitCode {
     if let Some(token) = manager.token() {
         on_event(&timeline, &mut tally, Event::TokenUpdated { token });
     }
+    let mut rotation_due: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
     let mut interrupted = false;
     let mut timed_out = false;
     loop {
         tokio::select! {
-            // Events first: a client's acceptance always follows its token's TokenUpdated.
+            // Events first: a client's acceptance always follows its token's TokenUpdated, and a
+            // fetch's start the refusal that caused it.
             biased;
             event = events.recv() => match event {
                 Some(event) => on_event(&timeline, &mut tally, event),
                 None => break,
             },
+            Some((reason, attempt)) = fetches.recv() => on_fetch(&timeline, &mut tally, reason, attempt),
             Some((name, token)) = accepted.recv() => {
-                if on_accepted(&timeline, &mut tally, name, token, options.cycles) {
-                    break;
+                match on_accepted(&timeline, &mut tally, name, token) {
+                    // The rotation's token is one more than the scheduled refreshes.
+                    Some(number) if number > options.cycles as usize + 1 => break,
+                    Some(2) if tally.rotation.is_none() && rotation_due.is_none() => {
+                        rotation_due = Some(clock.sleep(options.rotation_delay()));
+                    }
+                    _ => {}
                 }
+            }
+            () = async { rotation_due.as_mut().expect("armed").await }, if rotation_due.is_some() => {
+                rotation_due = None;
+                let number = tally.tokens.len();
+                tally.rotation = Rotation::start(&timeline, &keys, &manager, &clients, &mut ids, number);
             }
             _ = &mut ctrl_c => {
                 interrupted = true;
@@ -396,6 +321,10 @@ async fn main() -> ExitCode {
     let enough = CLIENTS
         .iter()
         .all(|(name, _)| tally.refreshed.get(name).copied().unwrap_or(0) >= 2);
+    let rotated = tally
+        .rotation
+        .as_ref()
+        .is_some_and(|r| r.absorbed(CLIENTS.len()));
     let refreshes = tally.tokens.len().saturating_sub(1);
 
     println!();
@@ -415,6 +344,27 @@ async fn main() -> ExitCode {
         tally.refresh_failures, tally.expired
     );
     println!("  consumer failures {}", tally.consumer_failures);
+    let rejections: Vec<String> = tally
+        .service_rejections
+        .iter()
+        .map(|((code, action), n)| format!("{n} × {code} → {action}"))
+        .collect();
+    println!(
+        "  service refusals  {}; fetches at once: {}",
+        if rejections.is_empty() {
+            "none".to_owned()
+        } else {
+            rejections.join(", ")
+        },
+        tally.fetches_on_refusal
+    );
+    let rotation = tally
+        .rotation
+        .as_ref()
+        .map_or("not reached".to_owned(), |r| {
+            r.summary(timeline.start, CLIENTS.len())
+        });
+    println!("  key rotation      {rotation}");
     println!();
     println!("  {:<8} {:>10} {:>10}", "client", "delivered", "refreshed");
     for (name, _) in CLIENTS {
@@ -430,123 +380,20 @@ async fn main() -> ExitCode {
     if interrupted {
         return ExitCode::from(130);
     }
-    if timed_out || !survived || !enough {
+    if timed_out || !survived || !enough || !rotated {
         println!();
         println!(
-            "FAILED: every client needs >= 2 refreshed tokens, and the outage must be survived"
+            "FAILED: every client needs >= 2 refreshed tokens, the outage must be survived, and \
+             every client must be on the new key before the old token expires"
         );
         return ExitCode::FAILURE;
     }
     println!();
     println!(
-        "ok: every client got {} refreshed tokens; the outage cost no expiry",
+        "ok: every client got {} refreshed tokens ({} on schedule, 1 after the key rotation); \
+         neither the outage nor the rotation cost an expiry",
+        options.cycles + 1,
         options.cycles
     );
     ExitCode::SUCCESS
-}
-
-fn number_of(tally: &Tally, token: &AccessToken) -> usize {
-    tally
-        .tokens
-        .iter()
-        .rposition(|t| t == token)
-        .map_or(0, |i| i + 1)
-}
-
-fn on_event(timeline: &Timeline, tally: &mut Tally, event: Event) {
-    match event {
-        Event::TokenUpdated { token } => {
-            if tally.tokens.last() == Some(&token) {
-                return;
-            }
-            if tally.refresh_failures > 0 {
-                tally.recovered = true;
-            }
-            tally.tokens.push(token.clone());
-            timeline.line(
-                "manager",
-                format!(
-                    "TokenUpdated     #{}  {}  {:.1} s left",
-                    tally.tokens.len(),
-                    token.identity().unwrap_or("?"),
-                    secs_left(&token)
-                ),
-            );
-        }
-        Event::TokenWillExpire { token } => timeline.line(
-            "manager",
-            format!(
-                "TokenWillExpire  #{}  {:.1} s left → fetching",
-                number_of(tally, &token),
-                secs_left(&token)
-            ),
-        ),
-        Event::TokenExpired { token } => {
-            tally.expired += 1;
-            timeline.line(
-                "manager",
-                format!("TokenExpired     #{}", number_of(tally, &token)),
-            );
-        }
-        Event::RefreshFailed {
-            attempt,
-            error,
-            retry_at,
-        } => {
-            tally.refresh_failures += 1;
-            let retry = retry_at.map_or("no automatic retry".to_owned(), |at| {
-                let wait = at.duration_since(SystemClock.now()).unwrap_or_default();
-                format!("retry in {:.1} s", wait.as_secs_f64())
-            });
-            let held = tally.tokens.last().map_or("no token held".to_owned(), |t| {
-                format!(
-                    "keeping #{} ({:.1} s left)",
-                    tally.tokens.len(),
-                    secs_left(t)
-                )
-            });
-            timeline.line(
-                "manager",
-                format!("RefreshFailed    attempt {attempt}, {retry}, {held}"),
-            );
-            timeline.line("", format!("  {error}"));
-        }
-        Event::TokenRejected { error } => {
-            timeline.line("manager", format!("TokenRejected    {error}"));
-        }
-        Event::ConsumerFailed { consumer, error } => {
-            tally.consumer_failures += 1;
-            timeline.line("manager", format!("ConsumerFailed   {consumer}: {error}"));
-        }
-        Event::Closed => {}
-        other => timeline.line("manager", format!("{other:?}")),
-    }
-}
-
-/// Records a client's acceptance; `true` once the last refresh has reached every client.
-fn on_accepted(
-    timeline: &Timeline,
-    tally: &mut Tally,
-    name: &'static str,
-    token: AccessToken,
-    cycles: u32,
-) -> bool {
-    let number = number_of(tally, &token);
-    *tally.deliveries.entry(name).or_default() += 1;
-    if number >= 2 {
-        *tally.refreshed.entry(name).or_default() += 1;
-    }
-    let names = tally.accepted.entry(number).or_default();
-    names.push(name);
-    if names.len() < CLIENTS.len() {
-        return false;
-    }
-    timeline.line(
-        "sdk",
-        format!(
-            "#{number} accepted by {}  (signature and grant checked)",
-            names.join(", ")
-        ),
-    );
-    number > cycles as usize
 }
