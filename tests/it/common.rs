@@ -446,6 +446,25 @@ pub fn consumer_failures(events: &[Event]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A manager on `clock` fetching through `fetcher`, with exact (jitter-free) backoff.
+pub fn fetching(
+    clock: &ManualClock,
+    fetcher: ScriptedFetcher,
+) -> access_manager::AccessManagerBuilder {
+    access_manager::AccessManager::builder()
+        .clock(clock.clone())
+        .fetcher(fetcher)
+        .backoff(access_manager::Backoff::default().without_jitter())
+}
+
+/// `manager.refresh()` on a task of its own, so that the test can answer the fetch meanwhile.
+pub fn spawn_refresh(
+    manager: &access_manager::AccessManager,
+) -> tokio::task::JoinHandle<Result<AccessToken, access_manager::RefreshError>> {
+    let manager = manager.clone();
+    tokio::spawn(async move { manager.refresh().await })
+}
+
 /// `n` tasks asking for a token at once: the even ones through `refresh()`, the odd ones through
 /// `fresh_token(min_remaining)`.
 pub fn spawn_refreshers(

@@ -3,20 +3,8 @@
 
 use crate::common::*;
 use access_manager::clock::{Clock, ManualClock, Sleep};
-use access_manager::{
-    AccessManager, Backoff, Event, FetchReason, GrantKind, RefreshError, ServiceAction,
-};
+use access_manager::{AccessManager, Event, FetchReason, GrantKind, RefreshError, ServiceAction};
 use std::time::{Duration, SystemTime};
-
-fn with_fetcher(
-    clock: &ManualClock,
-    fetcher: ScriptedFetcher,
-) -> access_manager::AccessManagerBuilder {
-    AccessManager::builder()
-        .clock(clock.clone())
-        .fetcher(fetcher)
-        .backoff(Backoff::default().without_jitter())
-}
 
 fn service_rejections(events: &[Event]) -> Vec<(u32, ServiceAction)> {
     events
@@ -32,7 +20,7 @@ fn service_rejections(events: &[Event]) -> Vec<(u32, ServiceAction)> {
 async fn a_consumer_refusing_with_51215_gets_a_new_token_without_the_clock_moving() {
     let clock = clock();
     let (fetcher, mut calls) = scripted();
-    let (manager, mut events) = with_fetcher(&clock, fetcher).build_with_events().unwrap();
+    let (manager, mut events) = fetching(&clock, fetcher).build_with_events().unwrap();
     let voice = Recorder::new("voice", Mode::Refuse(51215));
     manager.register(&voice);
     let t1 = mint("alice", T0, 3600);
@@ -65,7 +53,7 @@ async fn a_refused_token_is_not_delivered_again() {
     let clock = clock();
     let (fetcher, mut calls) = scripted();
     let t1 = mint("alice", T0, 3600);
-    let manager = with_fetcher(&clock, fetcher)
+    let manager = fetching(&clock, fetcher)
         .initial_token(t1.clone())
         .build()
         .unwrap();
@@ -93,7 +81,7 @@ async fn a_backend_handing_back_the_refused_token_is_retried_with_backoff() {
     let clock = clock();
     let (fetcher, mut calls) = scripted();
     let t1 = mint("alice", T0, 3600);
-    let (manager, mut events) = with_fetcher(&clock, fetcher)
+    let (manager, mut events) = fetching(&clock, fetcher)
         .initial_token(t1.clone())
         .build_with_events()
         .unwrap();
@@ -122,14 +110,11 @@ async fn a_backend_handing_back_the_refused_token_is_retried_with_backoff() {
 async fn reports_join_the_fetch_in_flight() {
     let clock = clock();
     let (fetcher, mut calls) = scripted();
-    let manager = with_fetcher(&clock, fetcher)
+    let manager = fetching(&clock, fetcher)
         .initial_token(mint("alice", T0, 3600))
         .build()
         .unwrap();
-    let refresh = tokio::spawn({
-        let manager = manager.clone();
-        async move { manager.refresh().await }
-    });
+    let refresh = spawn_refresh(&manager);
     let fetch = calls.next().await;
     assert_eq!(manager.report_service_error(51215), ServiceAction::Refresh);
     assert_eq!(manager.report_service_error(20105), ServiceAction::Refresh);
@@ -144,7 +129,7 @@ async fn reports_join_the_fetch_in_flight() {
 async fn the_same_invalid_class_twice_stops_automatic_fetching_while_refresh_still_works() {
     let clock = clock();
     let (fetcher, mut calls) = scripted();
-    let (manager, mut events) = with_fetcher(&clock, fetcher)
+    let (manager, mut events) = fetching(&clock, fetcher)
         .initial_token(mint("alice", T0, 3600))
         .build_with_events()
         .unwrap();
@@ -176,10 +161,7 @@ async fn the_same_invalid_class_twice_stops_automatic_fetching_while_refresh_sti
     assert!(calls.try_next().await.is_none(), "fetched after Permanent");
 
     // The app can still ask, and that resumes automatic fetching.
-    let refresh = tokio::spawn({
-        let manager = manager.clone();
-        async move { manager.refresh().await }
-    });
+    let refresh = spawn_refresh(&manager);
     let manual = calls.next().await;
     assert_eq!(manual.request.reason(), FetchReason::Manual);
     let now = clock.now().duration_since(at(0)).unwrap().as_secs();
@@ -205,7 +187,7 @@ async fn the_same_invalid_class_twice_stops_automatic_fetching_while_refresh_sti
 async fn an_unknown_code_is_ignored_but_reported() {
     let clock = clock();
     let (fetcher, mut calls) = scripted();
-    let (manager, mut events) = with_fetcher(&clock, fetcher)
+    let (manager, mut events) = fetching(&clock, fetcher)
         .initial_token(mint("alice", T0, 3600))
         .build_with_events()
         .unwrap();
@@ -243,7 +225,7 @@ async fn without_a_fetcher_a_report_is_ignored_and_the_token_kept() {
 async fn after_shutdown_a_report_is_ignored() {
     let clock = clock();
     let (fetcher, _calls) = scripted();
-    let manager = with_fetcher(&clock, fetcher)
+    let manager = fetching(&clock, fetcher)
         .initial_token(mint("alice", T0, 3600))
         .build()
         .unwrap();
@@ -256,7 +238,7 @@ async fn sign_out_forgets_the_token_tells_every_consumer_and_then_takes_another_
     let clock = clock();
     let (fetcher, mut calls) = scripted();
     let alice = mint("alice", T0, 3600);
-    let (manager, mut events) = with_fetcher(&clock, fetcher)
+    let (manager, mut events) = fetching(&clock, fetcher)
         .initial_token(alice.clone())
         .build_with_events()
         .unwrap();
@@ -297,14 +279,11 @@ async fn sign_out_forgets_the_token_tells_every_consumer_and_then_takes_another_
 async fn sign_out_cancels_the_fetch_in_flight_and_its_callers_get_signed_out() {
     let clock = clock();
     let (fetcher, mut calls) = scripted();
-    let manager = with_fetcher(&clock, fetcher)
+    let manager = fetching(&clock, fetcher)
         .initial_token(mint("alice", T0, 3600))
         .build()
         .unwrap();
-    let refresh = tokio::spawn({
-        let manager = manager.clone();
-        async move { manager.refresh().await }
-    });
+    let refresh = spawn_refresh(&manager);
     let fetch = calls.next().await;
     manager.sign_out().await;
     assert!(matches!(
@@ -402,7 +381,7 @@ async fn with_timers_that_never_fire_resume_fires_will_expire_fetches_and_retrie
 async fn stats_count_a_known_sequence() {
     let clock = clock();
     let (fetcher, mut calls) = scripted();
-    let manager = with_fetcher(&clock, fetcher).build().unwrap();
+    let manager = fetching(&clock, fetcher).build().unwrap();
     let chat = Recorder::new("chat", Mode::Accept);
     let router = Recorder::requiring("router", GrantKind::TaskRouter);
     manager.register(&chat);

@@ -2,31 +2,18 @@
 //! stretches nor shortens them; token deadlines follow the wall clock.
 
 use crate::common::*;
-use access_manager::clock::{Clock, ManualClock};
-use access_manager::{AccessManager, Backoff, FetchReason, RefreshError};
-
-fn with_fetcher(
-    clock: &ManualClock,
-    fetcher: ScriptedFetcher,
-) -> access_manager::AccessManagerBuilder {
-    AccessManager::builder()
-        .clock(clock.clone())
-        .fetcher(fetcher)
-        .backoff(Backoff::default().without_jitter())
-}
+use access_manager::clock::Clock;
+use access_manager::{FetchReason, RefreshError};
 
 #[tokio::test(flavor = "current_thread")]
 async fn setting_the_wall_clock_back_an_hour_during_a_fetch_does_not_stretch_its_timeout() {
     let clock = clock();
     let (fetcher, mut calls) = scripted();
-    let manager = with_fetcher(&clock, fetcher)
+    let manager = fetching(&clock, fetcher)
         .initial_token(mint("alice", T0, 7200))
         .build()
         .unwrap();
-    let refresh = tokio::spawn({
-        let manager = manager.clone();
-        async move { manager.refresh().await }
-    });
+    let refresh = spawn_refresh(&manager);
     let hanging = calls.next().await;
     clock.set(at(T0 - 3600));
     clock.advance(secs(29));
@@ -44,14 +31,11 @@ async fn setting_the_wall_clock_back_an_hour_during_a_fetch_does_not_stretch_its
 async fn setting_the_wall_clock_forward_does_not_cut_a_fetch_short() {
     let clock = clock();
     let (fetcher, mut calls) = scripted();
-    let manager = with_fetcher(&clock, fetcher)
+    let manager = fetching(&clock, fetcher)
         .initial_token(mint("alice", T0, 7200))
         .build()
         .unwrap();
-    let refresh = tokio::spawn({
-        let manager = manager.clone();
-        async move { manager.refresh().await }
-    });
+    let refresh = spawn_refresh(&manager);
     let slow = calls.next().await;
     clock.set(at(T0 + 600));
     settle().await;
@@ -88,7 +72,7 @@ async fn setting_the_wall_clock_back_does_not_stretch_a_consumers_timeout() {
 async fn backoff_waits_elapsed_time_whatever_the_wall_clock_does() {
     let clock = clock();
     let (fetcher, mut calls) = scripted();
-    let _manager = with_fetcher(&clock, fetcher).build().unwrap();
+    let _manager = fetching(&clock, fetcher).build().unwrap();
     calls.next().await.fail("down"); // retry in 1 s, then 2 s
     settle().await;
     clock.set(at(T0 - 3600)); // back an hour: the retry must not wait an hour more
@@ -110,7 +94,7 @@ async fn backoff_waits_elapsed_time_whatever_the_wall_clock_does() {
 async fn token_deadlines_follow_the_wall_clock() {
     let clock = clock();
     let (fetcher, mut calls) = scripted();
-    let manager = with_fetcher(&clock, fetcher)
+    let manager = fetching(&clock, fetcher)
         .initial_token(mint("alice", T0, 3600))
         .build()
         .unwrap();

@@ -403,10 +403,7 @@ async fn another_identity_or_account_is_refused_with_its_twilio_code() {
     );
     assert_eq!(pushed.code(), Some(20103));
 
-    let refresh = tokio::spawn({
-        let manager = manager.clone();
-        async move { manager.refresh().await }
-    });
+    let refresh = spawn_refresh(&manager);
     calls.next().await.ok(bob);
     match refresh.await.unwrap() {
         Err(RefreshError::Rejected(UpdateError::IdentityMismatch { current, offered })) => {
