@@ -1,43 +1,69 @@
 #!/bin/sh
-# Prints the figures of the last `cargo bench --bench manager` run and their ratios: ours over the
-# same group's baseline, and ours over the peer (twilio-common 0.1.7 on node 20, benches/peer).
-# Reads criterion's estimates (the mean; the slope when criterion has one). Needs jq.
+# Prints the figures of the last `cargo bench --bench manager` run as a markdown table: ours, the
+# same group's baseline, ours/baseline, the peer (twilio-common 0.1.7 on node 20, benches/peer),
+# ours/peer, and the goal. Criterion's estimate is its slope (its mean when it has none). The peer's
+# figures come from benches/peer/peer_results.json (written by its last run), else from
+# benches/peer/README.md. The memory figure is printed by `cargo bench --bench memory`. Needs jq.
 set -eu
-dir="${CARGO_TARGET_DIR:-target}/criterion"
+here=$(dirname "$0")
+dir="${CARGO_TARGET_DIR:-$here/../target}/criterion"
+peer_json="$here/peer/peer_results.json"
+if [ -f "$peer_json" ]; then
+    PEER_READ=$(jq .token_read_ns "$peer_json")
+    PEER_UPDATE=$(jq .update_token_ns "$peer_json")
+    echo "peer: $peer_json (written $(date -r "$peer_json" '+%Y-%m-%d %H:%M'))"
+else
+    PEER_READ=7.99
+    PEER_UPDATE=5570
+    echo "peer: benches/peer/README.md (no peer_results.json: run the peer for same-session figures)"
+fi
+echo
+
 ns() {
     f="$dir/$1/new/estimates.json"
     [ -f "$f" ] || { echo "missing $f (run the bench first)" >&2; exit 1; }
     jq '(.slope // .mean).point_estimate' "$f"
 }
-row() { # name ours base peer
-    awk -v n="$1" -v o="$2" -v b="$3" -v p="$4" 'BEGIN {
-        u = (o >= 1000) ? 1000 : 1; s = (u == 1000) ? "us" : "ns";
-        printf "| %-44s | %9.2f %s | %9.2f %s | %6.2fx |", n, o/u, s, b/u, s, o/b;
-        if (p > 0) printf " %6.2fx |\n", o/p; else printf "      - |\n" }'
+
+# row FIGURE OURS_NS BASELINE_NAME BASELINE_NS PEER_NS GOAL_OVER_PEER (0: no peer, no goal)
+row() {
+    awk -v n="$1" -v o="$2" -v bn="$3" -v b="$4" -v p="$5" -v g="$6" '
+    function t(x) { return x >= 1000 ? sprintf("%.2f µs", x / 1000) : sprintf("%.1f ns", x) }
+    BEGIN {
+        base = (b > 0) ? sprintf("%s %s | %.2f×", bn, t(b), o / b) : "| "
+        peer = (p > 0) ? sprintf("%s | %.2f×", t(p), o / p) : "| "
+        goal = (g > 0) ? sprintf("≤ %.1f× | %s", g, (o / p <= g) ? "yes" : "**no**") : "| "
+        printf "| %s | %s | %s | %s | %s |\n", n, t(o), base, peer, goal
+    }'
 }
-PEER_READ=7.99
-PEER_UPDATE=5570
-echo "| figure | ours | baseline | ours/baseline | ours/peer |"
-echo "| --- | --- | --- | --- | --- |"
-floor=$(ns "token_read/AccessToken__clone (floor)")
-for b in "AccessManager__token" "ArcSwapOption__load_full" "RwLock__read_clone" "AccessManager__with_token(expires_at)"; do
-    row "token_read/$b vs Arc clone" "$(ns "token_read/$b")" "$floor" "$PEER_READ"
+
+echo "| figure | ours | baseline (same group) | ours/baseline | peer | ours/peer | goal (over peer) | met |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+g=token_read
+floor=$(ns "$g/AccessToken__clone (floor)")
+row '`token()`' "$(ns "$g/AccessManager__token")" 'Arc clone' "$floor" "$PEER_READ" 2.0
+row '`with_token(expires_at)`' "$(ns "$g/AccessManager__with_token(expires_at)")" 'Arc clone' "$floor" "$PEER_READ" 1.0
+row '`ArcSwapOption::load_full`' "$(ns "$g/ArcSwapOption__load_full")" 'Arc clone' "$floor" 0 0
+g=token_read_2_threads
+floor=$(ns "$g/AccessToken__clone (floor)")
+row '`token()`, 2 threads' "$(ns "$g/AccessManager__token")" 'Arc clone' "$floor" 0 0
+row '`with_token`, 2 threads' "$(ns "$g/AccessManager__with_token(expires_at)")" 'Arc clone' "$floor" 0 0
+row '`ArcSwapOption::load_full`, 2 threads' "$(ns "$g/ArcSwapOption__load_full")" 'Arc clone' "$floor" 0 0
+for caller in from_task block_on_current_thread block_on_multi_thread; do
+    g=update_token_$caller
+    for n in 0 4 64; do
+        goal=0
+        if [ "$caller" = from_task ]; then
+            case $n in 0) goal=0.3 ;; 4) goal=0.5 ;; esac
+        fi
+        case $caller in
+            from_task) how='from a task' ;;
+            block_on_current_thread) how='`block_on`, current-thread' ;;
+            block_on_multi_thread) how='`block_on`, multi-thread' ;;
+        esac
+        row "\`update_token\` $how, $n consumers" \
+            "$(ns "$g/AccessManager__update_token/$n")" \
+            'parse+watch+acks' "$(ns "$g/parse+watch+acks (baseline)/$n")" "$PEER_UPDATE" "$goal"
+    done
 done
-row "token_read_without_drop/AccessManager__token vs Arc clone" \
-    "$(ns "token_read_without_drop/AccessManager__token")" \
-    "$(ns "token_read_without_drop/AccessToken__clone (floor)")" "$PEER_READ"
-floor16=$(ns "token_read_16_managers_in_turn/AccessToken__clone (floor)")
-for b in "AccessManager__token" "ArcSwapOption__load_full"; do
-    row "token_read_16_managers_in_turn/$b vs Arc clone" "$(ns "token_read_16_managers_in_turn/$b")" "$floor16" 0
-done
-floor2=$(ns "token_read_2_threads/AccessToken__clone (floor)")
-for b in "AccessManager__token" "ArcSwapOption__load_full" "RwLock__read_clone"; do
-    row "token_read_2_threads/$b vs Arc clone" "$(ns "token_read_2_threads/$b")" "$floor2" 0
-done
-for n in 0 4 64; do
-    row "update_token/$n consumers vs parse+watch+acks" \
-        "$(ns "update_token/AccessManager__update_token/$n")" \
-        "$(ns "update_token/parse+watch__send+acks (floor)/$n")" "$PEER_UPDATE"
-done
-row "update_token/0 consumers vs AccessToken::parse" \
-    "$(ns "update_token/AccessManager__update_token/0")" "$(ns "update_token/AccessToken__parse")" 0
+row '`AccessToken::parse` (reference)' "$(ns update_token_from_task/AccessToken__parse)" '' 0 "$PEER_UPDATE" 0
