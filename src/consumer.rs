@@ -2,10 +2,8 @@
 
 use crate::{AccessToken, GrantKind};
 use async_trait::async_trait;
-use futures_util::future::BoxFuture;
 use std::error::Error;
 use std::fmt;
-use std::sync::Weak;
 
 /// An SDK client (chat, sync, voice, video) that must hold the newest token.
 ///
@@ -132,54 +130,5 @@ pub struct ConsumerId(pub(crate) u64);
 impl fmt::Display for ConsumerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "consumer#{}", self.0)
-    }
-}
-
-/// What the manager asks of a consumer.
-pub(crate) enum Job {
-    Token(AccessToken),
-    SignedOut,
-}
-
-/// A consumer as the manager holds it: weakly, whatever its type (sized, or `dyn TokenConsumer`).
-pub(crate) trait HeldConsumer: Send + Sync {
-    /// Whether the app still holds it.
-    fn is_alive(&self) -> bool;
-
-    /// The call doing `job`, and a reference to the consumer to drop after the call ends; `None`
-    /// when the app has dropped it. The reference is handed out separately so that the caller can
-    /// catch a panic in its drop: if the app lets go meanwhile, ours is the last one, and the
-    /// consumer's `Drop` is user code.
-    #[allow(clippy::type_complexity)]
-    fn call(
-        &self,
-        job: Job,
-    ) -> Option<(BoxFuture<'static, Result<(), ConsumerError>>, Box<dyn Send>)>;
-}
-
-/// A consumer held through a `Weak`.
-pub(crate) struct Held<C: ?Sized>(pub(crate) Weak<C>);
-
-impl<C: TokenConsumer + ?Sized> HeldConsumer for Held<C> {
-    fn is_alive(&self) -> bool {
-        self.0.strong_count() > 0
-    }
-
-    fn call(
-        &self,
-        job: Job,
-    ) -> Option<(BoxFuture<'static, Result<(), ConsumerError>>, Box<dyn Send>)> {
-        let consumer = self.0.upgrade()?;
-        let kept = consumer.clone();
-        let call = async move {
-            match job {
-                Job::Token(token) => consumer.update_token(&token).await,
-                Job::SignedOut => {
-                    consumer.signed_out().await;
-                    Ok(())
-                }
-            }
-        };
-        Some((Box::pin(call), Box::new(kept)))
     }
 }

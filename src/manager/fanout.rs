@@ -1,18 +1,19 @@
 //! Per-consumer delivery: each consumer gets tokens one call at a time, newest wins, failures
 //! isolated. The consumer list lives here, inside the driver: only the driver touches it.
 
+use super::call::{failure, Done, HeldConsumer, Job, Setup};
 use super::error::UpdateReport;
-use super::reentry::{self, Plugin, Role};
+use super::plugin::drop_caught;
+use super::plugin::{Plugin, Role};
 use super::shared::{Registration, ReportReply, Shared};
 use super::stats::bump;
-use crate::consumer::{ConsumerError, ConsumerId, HeldConsumer, Job};
+use crate::consumer::{ConsumerError, ConsumerId};
 use crate::event::Event;
 use crate::{AccessToken, GrantKind};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use std::collections::VecDeque;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -45,21 +46,6 @@ struct Slot {
     owes_sign_out: bool,
     /// A token became current during a call: the current token is delivered next.
     owes_token: bool,
-}
-
-/// What a call was for.
-enum Call {
-    /// A token of this generation.
-    Token(u64),
-    SignedOut,
-}
-
-/// A finished call.
-pub(super) struct Done {
-    id: ConsumerId,
-    name: Arc<str>,
-    call: Call,
-    outcome: Result<(), ConsumerError>,
 }
 
 /// An `update_token` call waiting until every consumer has taken its token (or a newer one).
@@ -97,34 +83,6 @@ pub(super) struct Fanout {
     /// The list's length after the last sweep for consumers the app dropped: registering sweeps
     /// again once it has doubled, so that dropped consumers cost no more than the live ones.
     swept_len: usize,
-}
-
-#[derive(Debug)]
-struct DeliveryFailure(String);
-impl std::fmt::Display for DeliveryFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for DeliveryFailure {}
-
-fn failure(msg: String) -> ConsumerError {
-    ConsumerError::new(DeliveryFailure(msg))
-}
-
-/// A panic's message, for the failure it becomes.
-pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-string panic payload".into())
-}
-
-/// Drops `value` (user code may run in its `Drop`), turning a panic into its message.
-pub(super) fn drop_caught<T>(value: T) -> Result<(), String> {
-    std::panic::catch_unwind(AssertUnwindSafe(move || drop(value)))
-        .map_err(|panic| panic_message(&*panic))
 }
 
 impl Drop for Fanout {
@@ -252,94 +210,60 @@ impl Fanout {
             self.ready.push_back(Done {
                 id: slot.id,
                 name: slot.name.clone(),
-                call: Call::Token(current.generation),
+                generation: Some(current.generation),
                 outcome: Err(failure(format!(
                     "token lacks the {kind} grant this consumer requires"
                 ))),
             });
             return true;
         }
-        let Some(call) = slot.consumer.call(Job::Token(current.token.clone())) else {
+        let (id, name, generation) = (slot.id, slot.name.clone(), current.generation);
+        // A root span: the delivery belongs to no caller's span.
+        let span = tracing::debug_span!(parent: None, "deliver", consumer = %name, generation);
+        let setup = self.setup(shared, id, name, span);
+        let job = Job::Token(current.token.clone(), generation);
+        let Some(call) = self.slots[i].consumer.call(job, setup) else {
             return false;
         };
-        slot.busy = true;
+        self.slots[i].busy = true;
         bump(&shared.counters.deliveries);
-        let (id, name) = (slot.id, slot.name.clone());
-        let span = tracing::debug_span!(parent: None, "deliver", consumer = %name, generation = current.generation);
-        self.start_call(
-            shared,
-            id,
-            name,
-            Call::Token(current.generation),
-            span,
-            call,
-        );
+        self.calls
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(call);
         true
     }
 
     /// Starts slot `i`'s `signed_out` call; `false` when its consumer is gone.
     fn start_sign_out(&mut self, shared: &Shared, i: usize) -> bool {
-        let slot = &mut self.slots[i];
-        let Some(call) = slot.consumer.call(Job::SignedOut) else {
+        let (id, name) = (self.slots[i].id, self.slots[i].name.clone());
+        let span = tracing::debug_span!(parent: None, "signed_out", consumer = %name);
+        let setup = self.setup(shared, id, name, span);
+        let Some(call) = self.slots[i].consumer.call(Job::SignedOut, setup) else {
             return false;
         };
+        let slot = &mut self.slots[i];
         slot.busy = true;
         slot.in_sign_out = true;
-        let (id, name) = (slot.id, slot.name.clone());
-        let span = tracing::debug_span!(parent: None, "signed_out", consumer = %name);
-        self.start_call(shared, id, name, Call::SignedOut, span, call);
+        self.calls
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(call);
         true
     }
 
-    /// Runs one call of a consumer: caught if it panics (before or inside its future), timed out
-    /// on elapsed time, the consumer's `Arc` dropped (and caught) in the call.
-    fn start_call(
-        &mut self,
-        shared: &Shared,
-        id: ConsumerId,
-        name: Arc<str>,
-        call: Call,
-        span: tracing::Span,
-        (run, consumer): (BoxFuture<'static, Result<(), ConsumerError>>, Box<dyn Send>),
-    ) {
-        let timeout = self.timeout;
-        let clock = shared.clock.clone();
-        let plugin = Plugin {
-            manager: shared.key(),
-            role: Role::Consumer,
-        };
-        let done = async move {
-            let caught = AssertUnwindSafe(run).catch_unwind();
-            // The timer is made only if the consumer does not answer at its first poll.
-            let timer = async move { clock.sleep(timeout).await };
-            let outcome = tokio::select! {
-                biased;
-                result = caught => result.unwrap_or_else(|panic| {
-                    Err(failure(format!("consumer panicked: {}", panic_message(&*panic))))
-                }),
-                _ = timer => Err(failure(format!(
-                    "consumer did not answer within {} s",
-                    timeout.as_secs_f64()
-                ))),
-            };
-            // Dropped here, after the call: a consumer that panics in `drop` is caught too.
-            let outcome = match (outcome, drop_caught(consumer)) {
-                (Ok(()), Err(panic)) => {
-                    Err(failure(format!("consumer panicked when dropped: {panic}")))
-                }
-                (outcome, _) => outcome,
-            };
-            Done {
-                id,
-                name,
-                call,
-                outcome,
-            }
-        };
-        let future = tracing::Instrument::instrument(reentry::scope(plugin, done), span).boxed();
-        self.calls
-            .get_or_insert_with(FuturesUnordered::new)
-            .push(future);
+    /// What a call of consumer `id` runs under: the timeout, the clock, and the scope that tells
+    /// the consumer's calls back into this manager apart.
+    fn setup(&self, shared: &Shared, id: ConsumerId, name: Arc<str>, span: tracing::Span) -> Setup {
+        Setup {
+            id,
+            name,
+            timeout: self.timeout,
+            clock: shared.clock.clone(),
+            plugin: Plugin {
+                manager: shared.key(),
+                role: Role::Consumer,
+            },
+            span,
+        }
     }
 
     /// A finished call, if any.
@@ -372,7 +296,7 @@ impl Fanout {
         let Done {
             id,
             name,
-            call,
+            generation,
             outcome,
         } = done;
         if let Err(e) = &outcome {
@@ -381,11 +305,8 @@ impl Fanout {
             let (consumer, error) = (name.to_string(), e.to_string());
             shared.emit(|| Event::ConsumerFailed { consumer, error });
         }
-        let refusal = match (&call, &outcome) {
-            (Call::Token(generation), Err(e)) => e.code().map(|code| Refusal {
-                code,
-                generation: *generation,
-            }),
+        let refusal = match (generation, &outcome) {
+            (Some(generation), Err(e)) => e.code().map(|code| Refusal { code, generation }),
             _ => None,
         };
         let mut next_token = false;
@@ -403,7 +324,7 @@ impl Fanout {
                 next_token = current.is_some_and(|c| self.start_token(shared, i, c));
             }
         }
-        if let Call::Token(generation) = call {
+        if let Some(generation) = generation {
             self.settle(id, generation, name, outcome);
         }
         if !next_token {

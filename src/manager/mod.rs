@@ -4,13 +4,15 @@
 //! state and runs as the manager's task; a handle reads what the driver publishes (the token, the
 //! counters) and sends it commands through the mailbox (`shared`). Modules import one way:
 //! `builder` → the handle (this file) and `driver`; `driver` → `fanout`; the handle, `driver` and
-//! `fanout` → `shared`, `reentry`; and everything → the leaves `service`, `stats`, `error`.
+//! `fanout` → `shared` (the mailbox and what the driver publishes) → `call` (one consumer call) →
+//! `plugin`; and any of them → the leaves `service`, `stats`, `error`.
 
 mod builder;
+mod call;
 mod driver;
 pub(crate) mod error;
 mod fanout;
-mod reentry;
+mod plugin;
 pub(crate) mod service;
 mod shared;
 pub(crate) mod stats;
@@ -21,11 +23,12 @@ pub use builder::{
 };
 
 use crate::clock::Clock;
-use crate::consumer::{ConsumerId, Held};
+use crate::consumer::ConsumerId;
 use crate::event::Events;
 use crate::{AccessToken, TokenConsumer};
+use call::Held;
 use error::{RefreshError, UpdateError, UpdateReport};
-use reentry::Role;
+use plugin::Role;
 use service::{decide, ServiceAction, Situation};
 use shared::{Command, Registration, Shared};
 use stats::Stats;
@@ -164,7 +167,7 @@ impl AccessManager {
 
     /// Whether the caller runs inside this manager's own plugin of `role`.
     fn called_from(&self, role: Role) -> bool {
-        reentry::inside(self.shared().key(), role)
+        plugin::inside(self.shared().key(), role)
     }
 
     /// Offers a token pushed by the app.

@@ -2,11 +2,12 @@
 //! event channel and the counters. Only the driver writes the token and the counters; handles read
 //! them and post commands.
 
+use super::call::HeldConsumer;
 use super::error::{RefreshError, UpdateError, UpdateReport};
 use super::service::ServiceAction;
 use super::stats::Counters;
 use crate::clock::Clock;
-use crate::consumer::{ConsumerId, HeldConsumer};
+use crate::consumer::ConsumerId;
 use crate::event::{Event, Events};
 use crate::{AccessToken, GrantKind, TokenError};
 use arc_swap::ArcSwapOption;

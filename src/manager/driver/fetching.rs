@@ -2,8 +2,8 @@
 //! (validation, the issuer's clock, staleness) and retrying failures with backoff.
 
 use super::super::error::{RefreshError, UpdateError};
-use super::super::fanout::{drop_caught, panic_message};
-use super::super::reentry::{self, Plugin, Role};
+use super::super::plugin::{self, Plugin, Role};
+use super::super::plugin::{drop_caught, panic_message};
 use super::super::shared::FetchReply;
 use super::super::stats::bump;
 use super::{Driver, Phase, Source, ANY_TIME, MIN_FETCH_SPACING};
@@ -139,7 +139,7 @@ impl Driver {
                 ))),
             }
         };
-        let future = reentry::scope(plugin, future);
+        let future = plugin::scope(plugin, future);
         self.fetch = Some(Box::new(InFlight {
             future: tracing::Instrument::instrument(future, span).boxed(),
             waiters: Vec::new(),

@@ -2,8 +2,10 @@
 //! consumers). It is the manager's task; handles reach it only through the mailbox, and read what
 //! it publishes.
 
+use super::call::Done;
 use super::error::{UpdateError, UpdateReport};
-use super::fanout::{drop_caught, Deliverable, Done, Fanout};
+use super::fanout::{Deliverable, Fanout};
+use super::plugin::drop_caught;
 use super::shared::{shift, Command, Published, ReportReply, Shared};
 use super::stats::bump;
 use crate::backoff::{Backoff, SplitMix64};
