@@ -4,7 +4,7 @@
 use crate::common::*;
 use access_manager::clock::{Clock, ManualClock, Sleep};
 use access_manager::{
-    AccessManager, Backoff, Event, FetchReason, GrantKind, RefreshError, ServiceAction,
+    AccessManager, Backoff, Event, FetchError, FetchReason, GrantKind, RefreshError, ServiceAction,
 };
 use std::time::{Duration, SystemTime};
 
@@ -138,6 +138,28 @@ async fn reports_join_the_fetch_in_flight() {
     fetch.ok(t2.clone());
     assert_eq!(refresh.await.unwrap().unwrap().as_str(), t2);
     assert_eq!(manager.stats().fetches, 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_token_pushed_after_a_permanent_failure_is_refreshed_when_a_service_refuses_it() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let manager = with_fetcher(&clock, fetcher).build().unwrap();
+    calls
+        .next()
+        .await
+        .answer(Err(FetchError::permanent("logged out")));
+    settle().await;
+    assert_eq!(manager.stats().next_fetch_at, None);
+
+    // The pushed token resumes automatic fetching, for the service rules too.
+    manager.update_token(mint("alice", T0, 3600)).await.unwrap();
+    assert_eq!(manager.report_service_error(51215), ServiceAction::Refresh);
+    let fetch = calls.next().await;
+    assert_eq!(
+        fetch.request.reason(),
+        FetchReason::Rejected { code: 51215 }
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -211,7 +211,6 @@ fn random_histories_keep_every_invariant() {
 }
 
 /// Replays one history that once broke an invariant.
-#[allow(dead_code)]
 fn replay(seed: u64, steps: usize) {
     let outcome = run_seed(seed, steps, true);
     if let Some(v) = &outcome.violation {
@@ -230,4 +229,14 @@ fn a_seed_replays_the_same_history() {
         first.violation.map(|v| v.message),
         again.violation.map(|v| v.message)
     );
+}
+
+// Seeds that once broke an invariant, replayed (`SIM_SEED=<n>` shows their histories).
+
+/// A permanent fetch failure stopped automatic fetching; a token the app pushed resumed it in the
+/// driver, but handles still read "stopped", so `report_service_error(51007)` answered `Permanent`
+/// (and stopped fetching again) instead of `Refresh`.
+#[test]
+fn regression_seed_488_a_pushed_token_resumes_fetching_for_service_reports_too() {
+    replay(488, DEFAULT_STEPS);
 }

@@ -351,7 +351,7 @@ impl Driver {
             Ok(true) => {
                 // A pushed token restarts the refresh cycle, after a permanent failure too.
                 self.failures = 0;
-                self.halted = false;
+                self.set_halted(false);
                 self.set_invalid_strike(0);
                 if from_consumer {
                     // Its caller is a consumer: deliveries would wait for it.
