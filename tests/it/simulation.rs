@@ -240,3 +240,11 @@ fn a_seed_replays_the_same_history() {
 fn regression_seed_488_a_pushed_token_resumes_fetching_for_service_reports_too() {
     replay(488, DEFAULT_STEPS);
 }
+
+/// `Events::try_recv` read nothing once the calling task had spent tokio's cooperative budget (128
+/// channel reads in one poll), although events were waiting: the lagging subscriber, read in one
+/// go at the end, missed the last ones.
+#[test]
+fn regression_seed_5_try_recv_reads_every_waiting_event() {
+    replay(5, DEFAULT_STEPS);
+}
