@@ -3,9 +3,12 @@
 
 use crate::common::*;
 use access_manager::clock::{Clock, ManualClock, Sleep};
+use access_manager::fetcher_fn;
 use access_manager::{
     AccessManager, Backoff, Event, FetchError, FetchReason, GrantKind, RefreshError, ServiceAction,
 };
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 fn with_fetcher(
@@ -58,6 +61,56 @@ async fn a_consumer_refusing_with_51215_gets_a_new_token_without_the_clock_movin
     let seen = drain(&mut events).await;
     assert_eq!(service_rejections(&seen), [(51215, ServiceAction::Refresh)]);
     assert_eq!(manager.stats().service_rejections, 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_service_refusing_every_new_token_backs_the_fetches_off() {
+    let clock = clock();
+    let minted = Arc::new(AtomicU64::new(0));
+    // A backend that answers at once (it mints locally); past 50 calls it gives up, so that a
+    // manager looping inside its task ends the loop rather than the test.
+    let fetcher = {
+        let minted = minted.clone();
+        fetcher_fn(move |_| {
+            let n = minted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n >= 50 {
+                    return Err(FetchError::permanent("the test stops a loop"));
+                }
+                Ok(mint("alice", T0, 3600 + n))
+            }
+        })
+    };
+    let manager = AccessManager::builder()
+        .clock(clock.clone())
+        .fetcher(fetcher)
+        .backoff(Backoff::default().without_jitter())
+        .build()
+        .unwrap();
+    let voice = Recorder::new("voice", Mode::Refuse(51215));
+    manager.register(&voice);
+    settle().await;
+    // The first token is refused and replaced at once; the replacement is refused too: the next
+    // fetch waits 1 s, then 2 s, as retries do.
+    assert_eq!(minted.load(Ordering::SeqCst), 2);
+    clock.advance(secs(1));
+    settle().await;
+    assert_eq!(minted.load(Ordering::SeqCst), 3);
+    clock.advance(secs(1));
+    settle().await;
+    assert_eq!(minted.load(Ordering::SeqCst), 3);
+    clock.advance(secs(1));
+    settle().await;
+    assert_eq!(minted.load(Ordering::SeqCst), 4);
+    voice.set_mode(Mode::Accept);
+    clock.advance(secs(4));
+    settle().await;
+    assert_eq!(minted.load(Ordering::SeqCst), 5);
+    assert_eq!(
+        voice.seen().len(),
+        1,
+        "the accepted token was not delivered"
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]

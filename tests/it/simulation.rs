@@ -248,3 +248,11 @@ fn regression_seed_488_a_pushed_token_resumes_fetching_for_service_reports_too()
 fn regression_seed_5_try_recv_reads_every_waiting_event() {
     replay(5, DEFAULT_STEPS);
 }
+
+/// A consumer whose service refused every token with a stale code (20104, 20105, 51215) made the
+/// manager fetch again at once for each, and with a backend answering at once the loop never left
+/// the manager's task (the simulation's fetcher broke it after 200 calls at a standing clock).
+#[test]
+fn regression_seed_261_a_service_refusing_every_token_does_not_loop_the_fetcher() {
+    replay(261, DEFAULT_STEPS);
+}

@@ -57,6 +57,8 @@ struct Current {
     expires_at: SystemTime,
     /// A service refused it: it is not delivered again.
     refused: bool,
+    /// How many tokens in a row a service refused before this one.
+    refused_before: u32,
 }
 
 /// Where an offered token came from.
@@ -395,6 +397,11 @@ impl Driver {
                 .filter(|spacing| saturating_add(now, *spacing) > at);
             self.plan_fetch(Some(at), spacing);
         }
+        let refused_before = self
+            .current
+            .as_ref()
+            .filter(|c| c.refused)
+            .map_or(0, |c| c.refused_before.saturating_add(1));
         self.current = Some(Current {
             token,
             generation: self.generation,
@@ -402,6 +409,7 @@ impl Driver {
             will_expire_at,
             expires_at,
             refused: false,
+            refused_before,
         });
     }
 
