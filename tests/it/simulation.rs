@@ -256,3 +256,11 @@ fn regression_seed_5_try_recv_reads_every_waiting_event() {
 fn regression_seed_261_a_service_refusing_every_token_does_not_loop_the_fetcher() {
     replay(261, DEFAULT_STEPS);
 }
+
+/// A fetch started before the app pushed a token brought back one that expires earlier: kept out,
+/// rightly, but the next fetch was then planned half the pushed token's life later on elapsed time;
+/// the wall clock jumped forward to its refresh window, and the token expired with no fetch.
+#[test]
+fn regression_seed_3168_a_late_fetch_keeps_the_pushed_tokens_refresh_plan() {
+    replay(3168, DEFAULT_STEPS);
+}
