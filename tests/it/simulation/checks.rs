@@ -343,7 +343,7 @@ impl World {
                     rel(c.exp)
                 ));
             }
-            if self.profile.healthy && !self.healthy_void && now >= c.exp {
+            if self.profile.healthy && !self.healthy_void && !c.refused && now >= c.exp {
                 return Err(format!(
                     "install #{} expired although the backend is healthy and time only passed",
                     c.idx

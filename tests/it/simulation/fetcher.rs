@@ -26,6 +26,9 @@ pub enum Backend {
     Hostile,
 }
 
+/// The most an "older" token (issued 3000 s ago) may have left, to live under 24 h.
+pub const MAX_LEFT_OLDER: u64 = 86_400 - 3000 - 1;
+
 /// What one fetch call does.
 #[derive(Clone, Copy, Debug)]
 enum Answer {
@@ -232,11 +235,12 @@ impl SimFetcher {
                     .current()
                     .map(|t| t.remaining_at(now).as_secs())
                     .unwrap_or(600);
+                // Within the 24 h a token may live (the wall clock may have been set back).
                 mint(Spec::living(
                     &identity,
                     now,
                     3000,
-                    rng.range(1, left.max(2)),
+                    rng.range(1, left.clamp(2, MAX_LEFT_OLDER)),
                 ))
             }
             Answer::Transient => Err(FetchError::transient("[sim] backend unavailable")),

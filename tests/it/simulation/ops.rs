@@ -2,6 +2,7 @@
 //! seed, each applied to the manager with what the model expects of it.
 
 use super::consumer::{ConsumerLog, Home, Mode, SimConsumer};
+use super::fetcher::MAX_LEFT_OLDER;
 use super::model::{Answer, Entry, Pending, Predicted, INVALID, STALE};
 use super::tokens::{unix, Spec};
 use super::world::World;
@@ -184,7 +185,7 @@ impl World {
                 if left <= floor + 1 {
                     return Box::pin(self.apply(Op::PushValid)).await;
                 }
-                let left = self.rng.range(floor, left - 1);
+                let left = self.rng.range(floor, (left - 1).min(MAX_LEFT_OLDER));
                 let jwt = self.mint_for_session(now, 3000, left);
                 self.push(jwt, format!("update_token(older: {left} s left)"))
                     .await

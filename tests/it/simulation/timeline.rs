@@ -95,7 +95,9 @@ impl World {
                     ));
                 }
                 c.expired_fired = true;
-                if healthy {
+                // A token a service refused is replaced under the refusal rules (with a backoff
+                // once refusals repeat): a refusing service is not a healthy system.
+                if healthy && !c.refused {
                     return Err(format!(
                         "install #{} expired although the backend is healthy and time only passed",
                         c.idx
