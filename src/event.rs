@@ -2,6 +2,7 @@
 
 use crate::{AccessToken, ServiceAction, TokenError};
 use futures_core::Stream;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -122,7 +123,11 @@ impl Events {
     pub fn try_recv(&mut self) -> Option<Event> {
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        match Pin::new(self).poll_next(&mut cx) {
+        // Unconstrained: inside a tokio task that has spent its cooperative budget, the channel
+        // would answer "not yet" although an event is waiting.
+        let next = std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx));
+        let mut next = std::pin::pin!(tokio::task::coop::unconstrained(next));
+        match next.as_mut().poll(&mut cx) {
             Poll::Ready(event) => event,
             Poll::Pending => None,
         }

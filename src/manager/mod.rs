@@ -319,7 +319,9 @@ impl AccessManager {
     /// | anything else; any code without a fetcher | nothing about the token | `Ignore` |
     ///
     /// `Refresh` fetches at once (reason `Rejected { code }`), joining a fetch in flight, and the
-    /// refused token is not delivered again. `Permanent` stops automatic fetching until
+    /// refused token is not delivered again; when the token that replaced a refused one is refused
+    /// too, the fetch waits a backoff instead (growing with each token refused in a row), so that a
+    /// service refusing every token does not make the manager loop. `Permanent` stops automatic fetching until
     /// [`refresh`](Self::refresh) or [`update_token`](Self::update_token). Every report is an
     /// [`Event::ServiceRejected`](crate::Event::ServiceRejected). `Ignore` after shutdown. See
     /// [`ServiceAction`] for the whole rule.

@@ -13,7 +13,10 @@
 //! sign-out), stale and invalid codes answer `Permanent`: nothing is fetched until the app acts.
 //!
 //! `Refresh` fetches at once (reason [`FetchReason::Rejected`]), joining a fetch in flight, and the
-//! refused token is not delivered again. `Permanent` stops automatic fetching until
+//! refused token is not delivered again; when the token that replaced a refused one is refused too,
+//! the fetch waits a backoff instead (the manager's `backoff`, at least 1 s, growing with each token
+//! refused in a row), so that a service refusing every token does not make the manager loop.
+//! `Permanent` stops automatic fetching until
 //! [`refresh()`](crate::AccessManager::refresh) or [`update_token()`](crate::AccessManager::update_token):
 //! the backend must be fixed, not hammered. A report about a token the manager has already replaced
 //! is `Ignore`d: the service has not seen the new one yet. Every report is an
@@ -29,7 +32,8 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ServiceAction {
-    /// A new token is being fetched at once; the refused one is not delivered again.
+    /// A new token is being fetched (at once, or after a backoff when the token that replaced a
+    /// refused one is refused too); the refused one is not delivered again.
     Refresh,
     /// The backend's tokens keep being refused: no automatic fetch until `refresh()` or
     /// `update_token()`.

@@ -25,6 +25,7 @@ mod mint_vectors;
 mod retry_after_overflow;
 mod scale;
 mod send_sync;
+mod simulation;
 mod store;
 mod token_lazy_grants;
 mod token_proptest;

@@ -182,6 +182,29 @@ async fn a_late_fetch_does_not_replace_a_newer_token_the_app_pushed() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn a_late_fetch_leaves_the_pushed_tokens_refresh_plan_when_the_wall_clock_jumps() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let manager = AccessManager::builder()
+        .clock(clock.clone())
+        .fetcher(fetcher)
+        .build()
+        .unwrap();
+    let initial = calls.next().await; // in flight
+    let pushed = mint("alice", T0, 36_000);
+    manager.update_token(&pushed).await.unwrap();
+    initial.ok(mint("alice", T0 - 3000, 3600)); // expires earlier: not taken
+    settle().await;
+    assert_eq!(manager.token().unwrap().as_str(), pushed);
+    assert_eq!(manager.stats().next_fetch_at, Some(at(T0 + 36_000 - 180)));
+
+    // The wall clock jumps (a laptop waking up) into the pushed token's refresh window.
+    clock.set(at(T0 + 36_000 - 100));
+    let refresh = calls.try_next().await;
+    assert!(refresh.is_some(), "no fetch in the refresh window");
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn skew_estimation_leaves_a_backends_cached_token_on_the_device_clock() {
     let clock: ManualClock = clock();
     let fetched = Arc::new(AtomicUsize::new(0));

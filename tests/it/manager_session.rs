@@ -3,7 +3,12 @@
 
 use crate::common::*;
 use access_manager::clock::{Clock, ManualClock, Sleep};
-use access_manager::{AccessManager, Event, FetchReason, GrantKind, RefreshError, ServiceAction};
+use access_manager::fetcher_fn;
+use access_manager::{
+    AccessManager, Backoff, Event, FetchError, FetchReason, GrantKind, RefreshError, ServiceAction,
+};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 fn service_rejections(events: &[Event]) -> Vec<(u32, ServiceAction)> {
@@ -46,6 +51,56 @@ async fn a_consumer_refusing_with_51215_gets_a_new_token_without_the_clock_movin
     let seen = drain(&mut events).await;
     assert_eq!(service_rejections(&seen), [(51215, ServiceAction::Refresh)]);
     assert_eq!(manager.stats().service_rejections, 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_service_refusing_every_new_token_backs_the_fetches_off() {
+    let clock = clock();
+    let minted = Arc::new(AtomicU64::new(0));
+    // A backend that answers at once (it mints locally); past 50 calls it gives up, so that a
+    // manager looping inside its task ends the loop rather than the test.
+    let fetcher = {
+        let minted = minted.clone();
+        fetcher_fn(move |_| {
+            let n = minted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n >= 50 {
+                    return Err(FetchError::permanent("the test stops a loop"));
+                }
+                Ok(mint("alice", T0, 3600 + n))
+            }
+        })
+    };
+    let manager = AccessManager::builder()
+        .clock(clock.clone())
+        .fetcher(fetcher)
+        .backoff(Backoff::default().without_jitter())
+        .build()
+        .unwrap();
+    let voice = Recorder::new("voice", Mode::Refuse(51215));
+    manager.register(&voice);
+    settle().await;
+    // The first token is refused and replaced at once; the replacement is refused too: the next
+    // fetch waits 1 s, then 2 s, as retries do.
+    assert_eq!(minted.load(Ordering::SeqCst), 2);
+    clock.advance(secs(1));
+    settle().await;
+    assert_eq!(minted.load(Ordering::SeqCst), 3);
+    clock.advance(secs(1));
+    settle().await;
+    assert_eq!(minted.load(Ordering::SeqCst), 3);
+    clock.advance(secs(1));
+    settle().await;
+    assert_eq!(minted.load(Ordering::SeqCst), 4);
+    voice.set_mode(Mode::Accept);
+    clock.advance(secs(4));
+    settle().await;
+    assert_eq!(minted.load(Ordering::SeqCst), 5);
+    assert_eq!(
+        voice.seen().len(),
+        1,
+        "the accepted token was not delivered"
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -123,6 +178,28 @@ async fn reports_join_the_fetch_in_flight() {
     fetch.ok(t2.clone());
     assert_eq!(refresh.await.unwrap().unwrap().as_str(), t2);
     assert_eq!(manager.stats().fetches, 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_token_pushed_after_a_permanent_failure_is_refreshed_when_a_service_refuses_it() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let manager = fetching(&clock, fetcher).build().unwrap();
+    calls
+        .next()
+        .await
+        .answer(Err(FetchError::permanent("logged out")));
+    settle().await;
+    assert_eq!(manager.stats().next_fetch_at, None);
+
+    // The pushed token resumes automatic fetching, for the service rules too.
+    manager.update_token(mint("alice", T0, 3600)).await.unwrap();
+    assert_eq!(manager.report_service_error(51215), ServiceAction::Refresh);
+    let fetch = calls.next().await;
+    assert_eq!(
+        fetch.request.reason(),
+        FetchReason::Rejected { code: 51215 }
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]

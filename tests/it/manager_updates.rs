@@ -351,6 +351,23 @@ async fn fresh_token_never_answers_ok_with_less_than_asked_and_too_short_carries
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn try_recv_hands_out_every_waiting_event_however_many_are_read_in_one_go() {
+    let manager = AccessManager::builder()
+        .clock(clock())
+        .event_capacity(1024)
+        .build()
+        .unwrap();
+    let mut events = manager.subscribe();
+    for _ in 0..300 {
+        manager.report_service_error(20003); // an event each
+    }
+    settle().await;
+    // One pass of the task: past tokio's cooperative budget (128), the channel says "not yet".
+    let read = std::iter::from_fn(|| events.try_recv()).count();
+    assert_eq!(read, 300);
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn a_lagging_subscriber_is_told_how_many_events_it_missed() {
     let clock = clock();
     let manager = AccessManager::builder()

@@ -182,7 +182,14 @@ impl Driver {
         self.failures = 0;
         if changed {
             self.install_and_publish(token.clone(), Source::Fetcher, now, None);
-        } else if let Some(c) = &self.current {
+        } else if let Some(c) = self
+            .current
+            .as_ref()
+            // A token installed while the fetch ran planned the next fetch itself: that plan
+            // stands (a wait of half its life would outlast its refresh window if the wall clock
+            // jumps forward meanwhile).
+            .filter(|_| fetch.started_generation == self.generation)
+        {
             // The backend handed back the token held, or an older one: wait as for a new short one.
             let half_life = c.expires_at.duration_since(now).unwrap_or_default() / 2;
             let at = c.will_expire_at;

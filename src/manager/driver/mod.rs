@@ -59,6 +59,8 @@ struct Current {
     expires_at: SystemTime,
     /// A service refused it: it is not delivered again.
     refused: bool,
+    /// How many tokens in a row a service refused before this one.
+    refused_before: u32,
 }
 
 /// Where an offered token came from.
@@ -353,7 +355,7 @@ impl Driver {
             Ok(true) => {
                 // A pushed token restarts the refresh cycle, after a permanent failure too.
                 self.failures = 0;
-                self.halted = false;
+                self.set_halted(false);
                 self.set_invalid_strike(0);
                 if from_consumer {
                     // Its caller is a consumer: deliveries would wait for it.
@@ -397,6 +399,11 @@ impl Driver {
                 .filter(|spacing| saturating_add(now, *spacing) > at);
             self.plan_fetch(Some(at), spacing);
         }
+        let refused_before = self
+            .current
+            .as_ref()
+            .filter(|c| c.refused)
+            .map_or(0, |c| c.refused_before.saturating_add(1));
         self.current = Some(Current {
             token,
             generation: self.generation,
@@ -404,6 +411,7 @@ impl Driver {
             will_expire_at,
             expires_at,
             refused: false,
+            refused_before,
         });
     }
 

@@ -4,7 +4,7 @@ use super::super::error::RefreshError;
 use super::super::fanout::Refusal;
 use super::super::service::{decide, is_invalid, ServiceAction, Situation};
 use super::super::stats::bump;
-use super::Driver;
+use super::{Driver, ANY_TIME, MIN_FETCH_SPACING};
 use crate::event::Event;
 use crate::fetcher::FetchReason;
 use std::sync::atomic::Ordering;
@@ -56,6 +56,7 @@ impl Driver {
             return;
         }
         current.refused = true;
+        let refused_before = current.refused_before;
         match action {
             ServiceAction::Refresh => {
                 if is_invalid(code) {
@@ -63,7 +64,16 @@ impl Driver {
                 }
                 if self.fetch.is_none() {
                     self.failures = 0;
-                    self.start_fetch(FetchReason::Rejected { code }, now);
+                    if refused_before == 0 {
+                        self.start_fetch(FetchReason::Rejected { code }, now);
+                    } else {
+                        // The token that replaced a refused one is refused too: fetching at once
+                        // would loop as fast as the backend answers (never yielding, for one that
+                        // answers at once). The next fetch backs off as after failed ones, and
+                        // waits at least as long as after a short token (behaviour 7).
+                        let wait = self.config.backoff.delay(refused_before, &mut self.rng);
+                        self.plan_fetch(Some(ANY_TIME), Some(wait.max(MIN_FETCH_SPACING)));
+                    }
                 }
             }
             ServiceAction::Permanent => self.set_halted(true),

@@ -1,0 +1,402 @@
+//! The invariants, checked against the model after every quiet system: the current token, the
+//! per-token event timeline, the fetches, the deliveries, the calls' answers, the logs, and what a
+//! stopped manager leaves behind.
+
+use super::fetcher::{FetchCall, RUNAWAY_CALLS};
+use super::model::{rel, Answer, Done, Pending, Predicted};
+use super::world::World;
+use access_manager::clock::Clock;
+use access_manager::{AccessToken, FetchReason, RefreshError, UpdateError};
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, SystemTime};
+
+/// Rounds of eight yields without any progress before the system counts as quiet.
+const CALM_ROUNDS: usize = 3;
+/// Rounds after which a system still busy at a standing clock is a livelock.
+const MAX_ROUNDS: usize = 400;
+
+impl World {
+    /// Lets every ready task run until nothing moves, then checks every invariant.
+    pub async fn quiet_and_check(&mut self) -> Result<(), String> {
+        // The step's own effects (an update unhalts, a sign-out halts) are in; the quiet's are not.
+        self.asks.halted_at_start = self.halted;
+        self.quiet().await?;
+        self.check()
+    }
+
+    async fn quiet(&mut self) -> Result<(), String> {
+        let mut last = self.progress();
+        let mut calm = 0;
+        for _ in 0..MAX_ROUNDS {
+            for _ in 0..8 {
+                tokio::task::yield_now().await;
+                self.drain_events();
+            }
+            let now = self.progress();
+            if now == last {
+                calm += 1;
+                if calm == CALM_ROUNDS {
+                    return Ok(());
+                }
+            } else {
+                calm = 0;
+                last = now;
+            }
+        }
+        let fetches = self
+            .fetch
+            .as_ref()
+            .map_or(0, |f| f.calls.lock().unwrap().len());
+        Err(format!(
+            "no quiet system: the manager keeps working while the clock stands still (livelock; \
+             {fetches} fetch calls so far, {} events)",
+            self.event_log.len() + self.inbox.len()
+        ))
+    }
+
+    /// A number that grows whenever anything happens.
+    fn progress(&mut self) -> u64 {
+        self.drain_events();
+        let mut p = (self.inbox.len() + self.results.lock().unwrap().len()) as u64;
+        if let Some(f) = &self.fetch {
+            p += f.activity.load(SeqCst);
+        }
+        for e in &self.consumers {
+            p += e.log.activity.load(SeqCst);
+        }
+        if let Some(m) = &self.manager {
+            let s = m.stats();
+            p += s.tokens_installed
+                + s.fetches
+                + s.fetch_failures
+                + s.tokens_rejected
+                + s.deliveries
+                + s.consumer_failures
+                + s.service_rejections;
+        }
+        p
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(event) = self.events.try_recv() {
+            self.inbox.push(event);
+        }
+    }
+
+    fn check(&mut self) -> Result<(), String> {
+        let now = self.clock.now();
+        self.quiets += 1;
+        // Calls made in the quiet that closed the manager came before the close.
+        self.asks.closed_before = self.closed;
+        if self.last_check_at != Some(now) {
+            self.tally.clock_moves += 1;
+            self.last_check_at = Some(now);
+        }
+        self.drain_events();
+        for e in &self.consumers {
+            let codes = std::mem::take(&mut *e.log.refusals.lock().unwrap());
+            self.asks.consumer_codes.extend(codes);
+        }
+        if let Some(log) = &self.fetch {
+            if log.runaway.load(SeqCst) {
+                return Err(format!(
+                    "livelock: the manager fetched more than {RUNAWAY_CALLS} times while the \
+                     clock stood still (the fetcher broke the loop)"
+                ));
+            }
+        }
+        for event in std::mem::take(&mut self.inbox) {
+            self.on_event(event, now)?;
+        }
+        if !self.expect_install.is_empty() {
+            return Err(format!(
+                "update_token was given a valid new token but no TokenUpdated followed ({} pending)",
+                self.expect_install.len()
+            ));
+        }
+        self.check_fetches()?;
+        self.check_consumers()?;
+        self.check_answers()?;
+        self.check_state(now)?;
+        let logged = self.capture.take();
+        if let Some(leak) = self.secrets.leak_in(&logged) {
+            let line = logged
+                .lines()
+                .find(|l| self.secrets.leak_in(l).is_some())
+                .unwrap_or_default();
+            return Err(format!("the log shows {leak}: {line}"));
+        }
+        Ok(())
+    }
+
+    fn check_fetches(&mut self) -> Result<(), String> {
+        let Some(log) = self.fetch.clone() else {
+            return Ok(());
+        };
+        log.calls_this_quiet.store(0, SeqCst);
+        let most = log.max_in_flight.load(SeqCst);
+        if most > 1 {
+            return Err(format!("{most} fetches were in flight at once"));
+        }
+        let calls: Vec<FetchCall> = log.calls.lock().unwrap()[self.fetch_cursor..].to_vec();
+        self.fetch_cursor += calls.len();
+        self.tally.fetches += calls.len() as u64;
+        let ahead = self.profile.refresh_ahead;
+        for call in calls {
+            self.history.push(format!(
+                "    fetch: {} attempt {} → {}",
+                call.reason, call.attempt, call.behaviour
+            ));
+            if self.asks.closed_before {
+                return Err("the fetcher was called after the manager stopped".into());
+            }
+            let asked_by_service = |code: u32| {
+                self.asks.report_codes.contains(&code) || self.asks.consumer_codes.contains(&code)
+            };
+            match call.reason {
+                FetchReason::Manual => {
+                    if !self.asks.manual {
+                        return Err(
+                            "a Manual fetch although no refresh() or fresh_token() needed one"
+                                .into(),
+                        );
+                    }
+                    if call.attempt != 1 {
+                        return Err(format!("a Manual fetch as attempt {}", call.attempt));
+                    }
+                }
+                FetchReason::Rejected { code } => {
+                    if !asked_by_service(code) {
+                        return Err(format!(
+                            "a fetch for a service refusal ({code}) nobody reported in this step"
+                        ));
+                    }
+                }
+                reason => {
+                    if self.asks.halted_at_start {
+                        return Err(format!(
+                            "an automatic fetch ({reason}) while automatic fetching is stopped \
+                             (permanent failure, Permanent service action or sign-out)"
+                        ));
+                    }
+                    match (&call.current, reason) {
+                        (None, FetchReason::Initial) => {}
+                        (Some(token), FetchReason::WillExpire | FetchReason::Expired) => {
+                            let exp = token.expires_at();
+                            if (call.at >= exp) != (reason == FetchReason::Expired) {
+                                return Err(format!(
+                                    "fetch reason {reason} at {} for a token expiring at {}",
+                                    rel(call.at),
+                                    rel(exp)
+                                ));
+                            }
+                            let in_window = exp
+                                .checked_sub(ahead)
+                                .is_none_or(|will_at| call.at >= will_at);
+                            // The refresh cycle began (the clock may have been set back since),
+                            // or a service refused the token: the fetch goes on.
+                            let install = self.installs.iter().rev().find(|i| i.token == *token);
+                            let cycle = install.is_some_and(|i| i.will_fired || i.refused);
+                            if !in_window && !cycle {
+                                return Err(format!(
+                                    "an automatic fetch ({reason}) while the token had {} s \
+                                     left, more than refresh_ahead ({} s), and nobody asked",
+                                    token.remaining_at(call.at).as_secs(),
+                                    ahead.as_secs()
+                                ));
+                            }
+                        }
+                        (current, reason) => {
+                            return Err(format!(
+                                "fetch reason {reason} with current token {:?}",
+                                current.as_ref().map(AccessToken::identity)
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_answers(&mut self) -> Result<(), String> {
+        let done: Vec<Done> = std::mem::take(&mut *self.results.lock().unwrap());
+        for Done { id, at, answer } in done {
+            let pending = self.pending.remove(&id).expect("every call is recorded");
+            let shown = match &answer {
+                Answer::Update(r) => format!("{r:?} {}", display(r.as_ref().err())),
+                Answer::Token(r) => format!("{r:?} {}", display(r.as_ref().err())),
+                Answer::Unit => String::new(),
+            };
+            if let Some(leak) = self.secrets.leak_in(&shown) {
+                return Err(format!("an answer shows {leak}: {shown}"));
+            }
+            match (pending, answer) {
+                (Pending::Update { text, predicted }, Answer::Update(result)) => {
+                    let fits = match (&predicted, &result) {
+                        (_, Err(UpdateError::Closed)) => self.closed,
+                        (Predicted::Changed, Ok(r)) => r.changed() && r.token().as_str() == text,
+                        (Predicted::Unchanged, Ok(r)) => !r.changed(),
+                        (Predicted::Invalid(code), Err(UpdateError::Invalid(e))) => {
+                            e.code() == *code
+                        }
+                        (Predicted::Identity, Err(UpdateError::IdentityMismatch { .. })) => true,
+                        (Predicted::Account, Err(UpdateError::AccountMismatch { .. })) => true,
+                        _ => false,
+                    };
+                    if !fits {
+                        return Err(format!(
+                            "update_token answered {result:?}, the model expected {predicted:?}"
+                        ));
+                    }
+                }
+                (pending @ (Pending::Refresh | Pending::Fresh(_)), Answer::Token(result)) => {
+                    let min = match pending {
+                        Pending::Fresh(min) => Some(min),
+                        _ => None,
+                    };
+                    self.check_refresh_answer(min, at, result)?;
+                }
+                (_, Answer::Unit) => {}
+                (pending, _) => panic!("a call's answer does not fit its call {pending:?}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn check_refresh_answer(
+        &self,
+        min: Option<Duration>,
+        at: SystemTime,
+        result: Result<AccessToken, RefreshError>,
+    ) -> Result<(), String> {
+        let call = match min {
+            Some(min) => format!("fresh_token({} s)", min.as_secs()),
+            None => "refresh()".into(),
+        };
+        match result {
+            Ok(token) => {
+                if !self.installs.iter().any(|i| i.token == token) {
+                    return Err(format!("{call} answered a token that never became current"));
+                }
+                if min.is_some_and(|min| token.remaining_at(at) < min) {
+                    return Err(format!(
+                        "{call} answered a token with {} s left",
+                        token.remaining_at(at).as_secs()
+                    ));
+                }
+            }
+            Err(RefreshError::TooShort { token, wanted }) => {
+                if min != Some(wanted) || token.remaining_at(at) >= wanted {
+                    return Err(format!(
+                        "{call} answered TooShort (wanted {} s) with {} s left",
+                        wanted.as_secs(),
+                        token.remaining_at(at).as_secs()
+                    ));
+                }
+            }
+            Err(RefreshError::NoFetcher) if self.fetch.is_none() => {}
+            Err(RefreshError::Closed) if self.shutdown_issued => {}
+            Err(RefreshError::SignedOut) if self.signed_out_step.is_some() => {}
+            Err(RefreshError::Fetch(_) | RefreshError::Rejected(_)) if self.fetch.is_some() => {}
+            Err(e) => return Err(format!("{call} answered {e:?}")),
+        }
+        Ok(())
+    }
+
+    fn check_state(&mut self, now: SystemTime) -> Result<(), String> {
+        let Some(manager) = self.manager.as_ref().filter(|_| !self.closed) else {
+            return Ok(());
+        };
+        let held = manager.token();
+        let current = self.current_install();
+        if held.as_ref() != current.map(|c| &c.token) {
+            return Err(format!(
+                "token() is {:?} but the current token is install {:?}",
+                held.as_ref().map(|t| (t.identity(), rel(t.expires_at()))),
+                current.map(|c| c.idx)
+            ));
+        }
+        if manager.is_expired() != current.is_some_and(|c| now >= c.exp) {
+            return Err(format!("is_expired() is {}", manager.is_expired()));
+        }
+        let stats = manager.stats();
+        if stats.tokens_installed != self.installs.len() as u64 {
+            return Err(format!(
+                "stats say {} tokens installed, the events {}",
+                stats.tokens_installed,
+                self.installs.len()
+            ));
+        }
+        if let Some(c) = current {
+            if now >= c.will_at && !c.will_fired {
+                return Err(format!(
+                    "install #{} is in its refresh window ({}) but no TokenWillExpire came",
+                    c.idx,
+                    rel(c.will_at)
+                ));
+            }
+            if now >= c.exp && !c.expired_fired {
+                return Err(format!(
+                    "install #{} expired at {} but no TokenExpired came",
+                    c.idx,
+                    rel(c.exp)
+                ));
+            }
+            if self.profile.healthy && !self.healthy_void && !c.refused && now >= c.exp {
+                return Err(format!(
+                    "install #{} expired although the backend is healthy and time only passed",
+                    c.idx
+                ));
+            }
+        }
+        let fetching = self.fetch.as_ref().is_some_and(|f| f.in_flight() > 0);
+        if let Some(log) = &self.fetch {
+            let calls = log.calls.lock().unwrap().len() as u64;
+            if stats.fetches != calls {
+                return Err(format!(
+                    "stats say {} fetches, the fetcher saw {calls}",
+                    stats.fetches
+                ));
+            }
+            let planned = stats.next_fetch_at.is_some();
+            if !fetching && !self.halted && !planned {
+                return Err(
+                    "automatic fetching stopped: nothing in flight, nothing planned, and nothing \
+                     stopped it"
+                        .into(),
+                );
+            }
+            if self.halted && planned {
+                return Err(format!(
+                    "a fetch is planned at {} although automatic fetching is stopped",
+                    rel(stats.next_fetch_at.unwrap())
+                ));
+            }
+        }
+        let delivering = self
+            .consumers
+            .iter()
+            .any(|e| e.log.in_call.load(SeqCst) > 0);
+        for pending in self.pending.values() {
+            let stuck = match pending {
+                Pending::Update { predicted, .. } => {
+                    *predicted != Predicted::Changed || !delivering
+                }
+                Pending::Refresh | Pending::Fresh(_) => !fetching,
+                Pending::SignOut => !delivering,
+                Pending::Shutdown => true,
+            };
+            if stuck {
+                return Err(format!(
+                    "{pending:?} still waits although nothing it waits for is running"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn display(e: Option<&impl std::fmt::Display>) -> String {
+    e.map(ToString::to_string).unwrap_or_default()
+}
