@@ -371,6 +371,25 @@ impl AccessManager {
     /// The sign-out is sent when this is called; the future resolves once every consumer's
     /// `signed_out` has run (or timed out). Called from inside one of this manager's consumers, it
     /// resolves at once (waiting would wait for the caller). After shutdown it does nothing.
+    ///
+    /// ```
+    /// use access_manager::{AccessManager, AccessToken};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let token = |who: &str| {
+    ///     AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                          "SKfedcba9876543210fedcba9876543210", "secret")
+    ///         .identity(who)
+    ///         .to_jwt()
+    ///         .unwrap()
+    /// };
+    /// let manager = AccessManager::builder().initial_token(token("alice")).build().unwrap();
+    /// manager.sign_out().await; // alice's consumers drop their sessions
+    /// assert!(manager.token().is_none());
+    /// manager.update_token(token("bob")).await.unwrap(); // same wiring, another user
+    /// assert_eq!(manager.identity().as_deref(), Some("bob"));
+    /// # }
+    /// ```
     pub fn sign_out(&self) -> impl Future<Output = ()> + Send + 'static {
         let (reply, done) = oneshot::channel();
         let sent = self.shared().send(Command::SignOut { reply });
@@ -389,7 +408,25 @@ impl AccessManager {
         self.shared().send(Command::Resume);
     }
 
-    /// What the manager has done since it was built.
+    /// What the manager has done since it was built: counts, the last fetch's duration and the next
+    /// planned fetch. A snapshot of what the manager's task has handled so far, read without a lock.
+    ///
+    /// ```
+    /// use access_manager::{AccessManager, AccessToken};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let mint = || AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                                    "SKfedcba9876543210fedcba9876543210", "secret")
+    ///     .identity("alice");
+    /// let manager = AccessManager::builder().build().unwrap();
+    /// manager.update_token(mint().to_jwt().unwrap()).await.unwrap();
+    /// let expired = mint().issued_at(UNIX_EPOCH + Duration::from_secs(1_000)).to_jwt().unwrap();
+    /// assert!(manager.update_token(expired).await.is_err());
+    /// let stats = manager.stats();
+    /// assert_eq!((stats.tokens_installed, stats.tokens_rejected), (1, 1));
+    /// # }
+    /// ```
     pub fn stats(&self) -> Stats {
         self.shared().counters.snapshot()
     }

@@ -3,7 +3,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Counts since the manager was built, from [`AccessManager::stats`](crate::AccessManager::stats).
+/// Counts since the manager was built, from [`AccessManager::stats`](crate::AccessManager::stats),
+/// as the manager's task has handled them: a token refused at the call (one that does not even
+/// parse) is counted a moment after the call answered.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
