@@ -113,6 +113,17 @@ mod tests {
     }
 
     #[test]
+    fn actions_display_as_lowercase_words() {
+        let shown = [
+            ServiceAction::Refresh,
+            ServiceAction::Permanent,
+            ServiceAction::Ignore,
+        ]
+        .map(|action| action.to_string());
+        assert_eq!(shown, ["refresh", "permanent", "ignore"]);
+    }
+
+    #[test]
     fn stale_codes_refresh_every_time() {
         for code in STALE {
             assert_eq!(decide(code, 3, at(3, 2)), ServiceAction::Refresh);

@@ -431,6 +431,25 @@ async fn b7_even_two_second_tokens_wait_at_least_one_second_between_fetches() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn b7_a_token_whose_half_life_ends_at_its_refresh_window_is_refreshed_on_the_wall_clock() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let manager = with_fetcher(&clock, fetcher);
+    // 360 s left, lead 180 s: half its life ends exactly where its refresh window starts, so
+    // the spacing of behaviour 7 adds no elapsed-time wait.
+    calls.next().await.ok(mint("alice", T0, 360));
+    settle().await;
+    assert_eq!(manager.stats().next_fetch_at, Some(at(T0 + 180)));
+    // The wall clock jumps into the refresh window (elapsed time does not move): fetch now.
+    clock.set(at(T0 + 200));
+    let call = calls
+        .try_next()
+        .await
+        .expect("a fetch as soon as the wall clock is in the window");
+    assert_eq!(call.request.reason(), FetchReason::WillExpire);
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn b10_fresh_token_returns_the_current_token_when_it_has_enough_left_else_fetches() {
     let clock = clock();
     let (fetcher, mut calls) = scripted();

@@ -2,8 +2,11 @@
 //! stretches nor shortens them; token deadlines follow the wall clock.
 
 use crate::common::*;
-use access_manager::clock::Clock;
-use access_manager::{FetchReason, RefreshError};
+use access_manager::clock::{Clock, ManualClock, Sleep};
+use access_manager::{AccessManager, FetchReason, RefreshError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 #[tokio::test(flavor = "current_thread")]
 async fn setting_the_wall_clock_back_an_hour_during_a_fetch_does_not_stretch_its_timeout() {
@@ -105,4 +108,54 @@ async fn token_deadlines_follow_the_wall_clock() {
     assert_eq!(calls.next().await.request.reason(), FetchReason::Expired);
     assert!(manager.is_expired());
     assert!(clock.now() > at(T0 + 3600));
+}
+
+/// A manual clock that counts the wall-clock timers armed on it.
+#[derive(Debug, Clone)]
+struct CountingClock(ManualClock, Arc<AtomicUsize>);
+
+impl Clock for CountingClock {
+    fn now(&self) -> SystemTime {
+        self.0.now()
+    }
+    fn sleep_until(&self, deadline: SystemTime) -> Sleep {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        self.0.sleep_until(deadline)
+    }
+    fn sleep(&self, duration: Duration) -> Sleep {
+        self.0.sleep(duration)
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_timer_armed_early_enough_is_kept_for_later_tokens_and_re_armed_when_it_fires() {
+    let clock = clock();
+    let armed = Arc::new(AtomicUsize::new(0));
+    let manager = AccessManager::builder()
+        .clock(CountingClock(clock.clone(), armed.clone()))
+        .initial_token(mint("alice", T0, 600))
+        .build()
+        .unwrap();
+    let mut events = manager.subscribe();
+    settle().await;
+    assert_eq!(armed.load(Ordering::SeqCst), 1, "WillExpire at T0 + 420");
+    // Longer tokens: the timer armed for T0 + 420 wakes the manager early enough for each.
+    for i in 1..=3 {
+        let report = manager.update_token(mint("alice", T0 + i, 3600)).await;
+        assert!(report.unwrap().changed());
+    }
+    settle().await;
+    assert_eq!(
+        armed.load(Ordering::SeqCst),
+        1,
+        "a timer was armed for each update although the one armed was early enough"
+    );
+    // The early wake fires nothing and arms the timer for the current token's WillExpire.
+    clock.advance_to(at(T0 + 420));
+    assert_eq!(kinds(&drain(&mut events).await), ["updated"; 3]);
+    assert_eq!(armed.load(Ordering::SeqCst), 2);
+    clock.advance_to(at(T0 + 3 + 3600 - 180 - 1));
+    assert!(drain(&mut events).await.is_empty(), "WillExpire early");
+    clock.advance(secs(1));
+    assert_eq!(kinds(&drain(&mut events).await), ["will_expire"]);
 }
