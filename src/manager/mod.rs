@@ -249,7 +249,7 @@ impl AccessManager {
         }
         if let Some(token) = self.token() {
             let now = shared.token_now();
-            if now < token.expires_at() && token.remaining_at(now) >= min_remaining {
+            if shared::lasts(token.expires_at(), now, min_remaining) {
                 return Ok(token);
             }
         }

@@ -118,6 +118,12 @@ pub(super) fn shift(t: SystemTime, secs: i64) -> SystemTime {
     }
 }
 
+/// Whether a token expiring at `expires_at` is unexpired at `now` with at least `min` left: what
+/// `fresh_token` asks of the held token, on the handle and in the driver alike.
+pub(super) fn lasts(expires_at: SystemTime, now: SystemTime, min: Duration) -> bool {
+    now < expires_at && expires_at.duration_since(now).unwrap_or_default() >= min
+}
+
 impl Shared {
     pub(super) fn new(clock: Arc<dyn Clock>, has_fetcher: bool, event_capacity: usize) -> Self {
         Shared {

@@ -478,6 +478,50 @@ async fn b10_fresh_token_returns_the_current_token_when_it_has_enough_left_else_
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn b10_fresh_token_answers_a_token_that_qualifies_without_waiting_for_the_driver() {
+    use futures::FutureExt;
+    let clock = clock();
+    let (fetcher, calls) = scripted();
+    let held = mint("alice", T0, 3600);
+    let manager = AccessManager::builder()
+        .clock(clock.clone())
+        .fetcher(fetcher)
+        .initial_token(&held)
+        .build()
+        .unwrap();
+    // Ready on its first poll: the driver task has not run at all yet.
+    let answer = manager.fresh_token(secs(3600)).now_or_never();
+    assert_eq!(answer.unwrap().unwrap().as_str(), held);
+    assert_eq!(calls.made(), 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn b10_fresh_token_of_zero_at_the_expiry_instant_fetches() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let held = mint("alice", T0, 3600);
+    let manager = AccessManager::builder()
+        .clock(clock.clone())
+        .fetcher(fetcher)
+        .initial_token(&held)
+        .build()
+        .unwrap();
+    // At `exp` the token is expired, even with nothing asked beyond "unexpired".
+    clock.set(at(T0 + 3600));
+    let asked = {
+        let m = manager.clone();
+        tokio::spawn(async move { m.fresh_token(Duration::ZERO).await })
+    };
+    let call = calls
+        .try_next()
+        .await
+        .expect("a fetch for the expired token");
+    let fresh = mint("alice", T0 + 3600, 3600);
+    call.ok(fresh.clone());
+    assert_eq!(asked.await.unwrap().unwrap().as_str(), fresh);
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn b10_refresh_without_a_fetcher_says_so() {
     let manager = AccessManager::builder().clock(clock()).build().unwrap();
     assert!(matches!(

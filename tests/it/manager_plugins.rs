@@ -336,3 +336,12 @@ async fn the_async_trait_attribute_is_re_exported() {
         .unwrap();
     assert_eq!(report.delivered(), 1);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_weak_handle_prints_whether_its_manager_is_alive_and_nothing_else() {
+    let manager = AccessManager::builder().clock(clock()).build().unwrap();
+    let weak = manager.downgrade();
+    assert_eq!(format!("{weak:?}"), "WeakAccessManager { alive: true }");
+    drop(manager);
+    assert_eq!(format!("{weak:?}"), "WeakAccessManager { alive: false }");
+}

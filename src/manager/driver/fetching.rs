@@ -4,7 +4,7 @@
 use super::super::error::{RefreshError, UpdateError};
 use super::super::plugin::{self, Plugin, Role};
 use super::super::plugin::{drop_caught, panic_message};
-use super::super::shared::FetchReply;
+use super::super::shared::{lasts, FetchReply};
 use super::super::stats::bump;
 use super::{Driver, Phase, Source, ANY_TIME, MIN_FETCH_SPACING};
 use crate::event::Event;
@@ -77,8 +77,7 @@ impl Driver {
             return;
         }
         if let (Some(min), Some(c)) = (min_remaining, &self.current) {
-            let left = c.expires_at.duration_since(now).unwrap_or_default();
-            if now < c.expires_at && left >= min {
+            if lasts(c.expires_at, now, min) {
                 let _ = reply.send(Ok(c.token.clone()));
                 return;
             }
