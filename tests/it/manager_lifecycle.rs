@@ -475,3 +475,28 @@ async fn b12_shutdown_returns_only_once_the_fetcher_is_dropped() {
         "shutdown() returned while the driver still held the fetcher"
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_managers_debug_shows_its_token_summary_consumers_and_state() {
+    let held = mint("alice", T0, 3600);
+    let manager = AccessManager::builder()
+        .clock(clock())
+        .initial_token(&held)
+        .build()
+        .unwrap();
+    let chat = Recorder::new("chat", Mode::Accept);
+    manager.register(&chat);
+    settle().await;
+    let shown = format!("{manager:?}");
+    assert!(
+        shown.starts_with("AccessManager { token: Some(AccessToken {"),
+        "{shown}"
+    );
+    assert!(shown.contains("identity: Some(\"alice\")"), "{shown}");
+    assert!(shown.ends_with("consumers: 1, closed: false }"), "{shown}");
+    manager.shutdown().await;
+    assert_eq!(
+        format!("{manager:?}"),
+        "AccessManager { token: None, consumers: 0, closed: true }"
+    );
+}
