@@ -9,49 +9,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// Builds the demo (a no-op when up to date) and returns
-/// `target/<profile>/examples/demo`, next to this test's `target/<profile>/deps/demo_smoke-<hash>`.
 fn demo_binary() -> PathBuf {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .args(["build", "--quiet", "--all-features", "--example", "demo"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    // Cargo sets these for the test itself; build scripts (ring's) watch some of them, and seeing
-    // them would make this build redo, and undo, the outer one.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("CARGO_PKG_")
-            || name.starts_with("CARGO_MANIFEST_")
-            || [
-                "CARGO_CRATE_NAME",
-                "CARGO_PRIMARY_PACKAGE",
-                "CARGO_TARGET_TMPDIR",
-                "OUT_DIR",
-            ]
-            .contains(&name.as_ref())
-        {
-            build.env_remove(name.as_ref());
-        }
-    }
-    if !cfg!(debug_assertions) {
-        build.arg("--release");
-    }
-    let built = build.output().expect("cargo runs");
-    assert!(
-        built.status.success(),
-        "cargo build --example demo failed:\n{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-
-    let exe = std::env::current_exe().expect("the test's own path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps/<test>");
-    profile_dir
-        .join("examples")
-        .join(format!("demo{}", std::env::consts::EXE_SUFFIX))
+    crate::examples_support::built_example("demo")
 }
 
 #[test]

@@ -8,8 +8,7 @@ mod inspect;
 use crate::token_support::*;
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
 
 fn vector(name: &str) -> Value {
     let doc = vectors();
@@ -190,55 +189,9 @@ fn utc_times_are_rfc_3339() {
     }
 }
 
-/// The example program as cargo builds it, with this test's features so nothing is rebuilt.
-fn program() -> &'static PathBuf {
-    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
-    PROGRAM.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "--example",
-            "inspect",
-            "--message-format=json",
-        ]);
-        if cfg!(feature = "http") {
-            cmd.args(["--features", "http"]);
-        }
-        // Cargo sets these for tests, not in a shell; ring's build script reads them, and a change
-        // would rebuild ring and all above it here, and again at the next `cargo test`.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if [
-                "CARGO_PKG_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_",
-                "CARGO_PRIMARY_",
-            ]
-            .iter()
-            .any(|p| name.starts_with(p))
-            {
-                cmd.env_remove(&*name);
-            }
-        }
-        let output = cmd
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "cargo build --example inspect failed"
-        );
-        String::from_utf8(output.stdout)
-            .unwrap()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|m| m["target"]["name"] == "inspect")
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reported the example's executable")
-    })
+/// The example program as cargo builds it.
+fn program() -> PathBuf {
+    crate::examples_support::built_example("inspect")
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! need a global allocator of their own live in binaries beside this one (`tests/memory.rs`).
 
 mod common;
+mod examples_support;
 mod token_support;
 
 mod abuse;

@@ -16,7 +16,6 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 use token_server::{serve, Config, USERS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -306,44 +305,9 @@ fn bad_values_are_refused_without_echoing_the_secret() {
 // ---------------------------------------------------------------------------------------------
 // The built program.
 
-/// The example program as cargo builds it, with this test's features so nothing is rebuilt.
-fn program() -> &'static PathBuf {
-    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
-    PROGRAM.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "--example", "token_server"])
-            .args(["--features", "http", "--message-format=json"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        // Cargo sets these for tests, not in a shell; ring's build script reads them, and a change
-        // would rebuild ring and all above it here, and again at the next `cargo test`.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if [
-                "CARGO_PKG_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_",
-                "CARGO_PRIMARY_",
-            ]
-            .iter()
-            .any(|p| name.starts_with(p))
-            {
-                cmd.env_remove(&*name);
-            }
-        }
-        let output = cmd.stderr(Stdio::inherit()).output().unwrap();
-        assert!(
-            output.status.success(),
-            "cargo build --example token_server"
-        );
-        String::from_utf8(output.stdout)
-            .unwrap()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|m| m["target"]["name"] == "token_server")
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reported the example's executable")
-    })
+/// The example program as cargo builds it.
+fn program() -> PathBuf {
+    crate::examples_support::built_example("token_server")
 }
 
 #[test]
