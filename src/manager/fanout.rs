@@ -85,12 +85,6 @@ pub(super) struct Fanout {
     swept_len: usize,
 }
 
-impl Drop for Fanout {
-    fn drop(&mut self) {
-        self.abandon();
-    }
-}
-
 impl Fanout {
     pub(super) fn new(timeout: Duration) -> Self {
         Fanout {
@@ -106,7 +100,8 @@ impl Fanout {
 
     /// Drops the unfinished calls one by one, each under `catch_unwind` (dropping one may run a
     /// consumer's `Drop`, when ours is its last `Arc`; a panic escaping the set's own drop would
-    /// leak the calls after it), and the waiting callers (they answer `Closed`).
+    /// leak the calls after it), and the waiting callers (they answer `Closed`). The driver calls
+    /// it when it stops, which it does whenever it is dropped.
     pub(super) fn abandon(&mut self) {
         for call in self.calls.take().into_iter().flatten() {
             let _ = drop_caught(call);
