@@ -398,3 +398,28 @@ async fn b9_ten_thousand_consumers_on_one_manager_all_get_the_token() {
     assert_eq!(report.failed().count(), 0);
     assert!(consumers.iter().all(|c| c.seen() == [jwt.as_str()]));
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_update_reports_at_once_past_a_consumer_the_app_dropped() {
+    let manager = AccessManager::builder().clock(clock()).build().unwrap();
+    let kept = Recorder::new("kept", Mode::Accept);
+    let gone = Recorder::new("gone", Mode::Accept);
+    manager.register(&kept);
+    manager.register(&gone);
+    settle().await;
+    drop(gone);
+    let update = tokio::spawn({
+        let m = manager.clone();
+        async move { m.update_token(mint("alice", T0, 3600)).await }
+    });
+    settle().await;
+    assert!(
+        update.is_finished(),
+        "the update waits for a dropped consumer"
+    );
+    let report = update.await.unwrap().unwrap();
+    assert_eq!(report.delivered(), 1);
+    assert_eq!(report.failed().count(), 0);
+    assert_eq!(kept.calls(), 1);
+    assert_eq!(manager.consumer_count(), 1);
+}
