@@ -450,6 +450,36 @@ async fn b7_a_token_whose_half_life_ends_at_its_refresh_window_is_refreshed_on_t
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn b7_the_held_token_handed_back_is_fetched_again_after_half_its_remaining_life() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let held = mint("alice", T0, 300);
+    let manager = AccessManager::builder()
+        .clock(clock.clone())
+        .fetcher(fetcher)
+        .initial_token(&held)
+        .build()
+        .unwrap();
+    clock.advance(secs(180));
+    let call = calls
+        .try_next()
+        .await
+        .expect("a fetch in the refresh window");
+    // A backend that caches tokens answers with the one held, 120 s from its expiry.
+    call.ok(held.clone());
+    settle().await;
+    assert_eq!(manager.stats().next_fetch_at, Some(at(T0 + 180 + 60)));
+    clock.advance(secs(59));
+    assert!(calls.try_next().await.is_none(), "fetched again too soon");
+    clock.advance(secs(1));
+    let again = calls
+        .try_next()
+        .await
+        .expect("a fetch after half the remaining life");
+    assert_eq!(again.request.reason(), FetchReason::WillExpire);
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn b10_fresh_token_returns_the_current_token_when_it_has_enough_left_else_fetches() {
     let clock = clock();
     let (fetcher, mut calls) = scripted();

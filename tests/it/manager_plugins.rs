@@ -345,3 +345,32 @@ async fn a_weak_handle_prints_whether_its_manager_is_alive_and_nothing_else() {
     drop(manager);
     assert_eq!(format!("{weak:?}"), "WeakAccessManager { alive: false }");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_fetcher_may_wait_on_another_manager() {
+    // Manager `b` gets its tokens from manager `a`: a call into another manager is no re-entry.
+    let clock = clock();
+    let a = AccessManager::builder()
+        .clock(clock.clone())
+        .fetcher(fetcher_fn(|_: FetchRequest| async {
+            Ok::<_, FetchError>(mint("alice", T0, 3600))
+        }))
+        .build()
+        .unwrap();
+    let from_a = a.clone();
+    let b = AccessManager::builder()
+        .clock(clock.clone())
+        .fetcher(fetcher_fn(move |_: FetchRequest| {
+            let a = from_a.clone();
+            async move {
+                let token = a.refresh().await.map_err(FetchError::transient)?;
+                Ok::<_, FetchError>(token.as_str().to_owned())
+            }
+        }))
+        .build()
+        .unwrap();
+    let token = b.refresh().await.unwrap();
+    assert_eq!(token.identity(), Some("alice"));
+    assert_eq!(b.token().unwrap().as_str(), token.as_str());
+    assert_eq!(a.token().unwrap().as_str(), token.as_str());
+}
