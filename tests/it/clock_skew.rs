@@ -200,3 +200,53 @@ async fn without_estimation_node_tokens_on_a_device_2h_behind_are_taken_and_refr
     assert_eq!(o.manager.clock_offset(), Some(TWO_HOURS));
     assert_eq!(o.skew_reports(), [TWO_HOURS]);
 }
+
+/// The `ClockSkewSuspected` offsets reported for one fetched token issued at `iat` (device
+/// clock at `T0`) and expiring at `exp`.
+async fn reported_for(iat: u64, exp: u64) -> Vec<i64> {
+    let token = crate::token_support::sign(
+        &crate::token_support::good_header(),
+        &json!({
+            "jti": format!("{}-{iat}", crate::common::KEY),
+            "grants": {"identity": "alice", "chat": {}},
+            "iat": iat,
+            "exp": exp,
+            "iss": crate::common::KEY,
+            "sub": crate::common::ACCOUNT,
+        }),
+    );
+    let (manager, mut events) = AccessManager::builder()
+        .clock(ManualClock::new(at(T0)))
+        .fetcher(fetcher_fn(move |_| std::future::ready(Ok(token.clone()))))
+        .build_with_events()
+        .unwrap();
+    manager.refresh().await.unwrap();
+    drain(&mut events)
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::ClockSkewSuspected { offset_secs } => Some(offset_secs),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn skew_is_reported_past_five_minutes_either_way_and_not_at_five() {
+    // Issued in the device's future: the device is behind.
+    assert_eq!(reported_for(T0 + 300, T0 + 3_900).await, [0i64; 0]);
+    assert_eq!(reported_for(T0 + 301, T0 + 3_901).await, [301]);
+    // Issued long ago and nearly expired here (100 s left, under the 180 s lead): ahead.
+    assert_eq!(reported_for(T0 - 300, T0 + 100).await, [0i64; 0]);
+    assert_eq!(reported_for(T0 - 301, T0 + 100).await, [-301]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_short_token_from_an_agreeing_clock_or_an_old_one_with_the_full_lead_is_not_skew() {
+    // Issued 100 s ago with 100 s left: short, but the clocks agree.
+    assert_eq!(reported_for(T0 - 100, T0 + 100).await, [0i64; 0]);
+    // Issued 400 s ago (a backend's cached token) with exactly the 180 s lead left: not nearly
+    // expired, so nothing says the device is ahead.
+    assert_eq!(reported_for(T0 - 400, T0 + 180).await, [0i64; 0]);
+    assert_eq!(reported_for(T0 - 400, T0 + 179).await, [-400]);
+}
