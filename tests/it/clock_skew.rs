@@ -250,3 +250,21 @@ async fn a_short_token_from_an_agreeing_clock_or_an_old_one_with_the_full_lead_i
     assert_eq!(reported_for(T0 - 400, T0 + 180).await, [0i64; 0]);
     assert_eq!(reported_for(T0 - 400, T0 + 179).await, [-400]);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn with_skew_estimation_a_fetched_token_expiring_with_the_held_one_is_taken() {
+    // Only a fetched token that expires *before* the held one counts as stale.
+    let held = mint("alice", T0, 3_600);
+    let same_end = mint("alice", T0 - 600, 4_200);
+    assert_ne!(held, same_end);
+    let answer = same_end.clone();
+    let manager = AccessManager::builder()
+        .clock(ManualClock::new(at(T0)))
+        .initial_token(&held)
+        .estimate_clock_skew(true)
+        .fetcher(fetcher_fn(move |_| std::future::ready(Ok(answer.clone()))))
+        .build()
+        .unwrap();
+    assert_eq!(manager.refresh().await.unwrap().as_str(), same_end);
+    assert_eq!(manager.token().unwrap().as_str(), same_end);
+}
