@@ -235,24 +235,17 @@ impl AccessManager {
         self.request_fetch(None).await
     }
 
-    /// A token with at least `min_remaining` left: the current one at once when it qualifies, else
-    /// the result of a fetch (joined or started). Never `Ok` with less than `min_remaining` left.
+    /// A token with at least `min_remaining` left: the current one when it qualifies (and no
+    /// service refused it), else the result of a fetch (joined or started). Never `Ok` with less
+    /// than `min_remaining` left. The manager's task answers, in order with the app's other calls:
+    /// after `report_service_error`, the refused token is never the answer.
     ///
     /// # Errors
     /// As [`refresh`](Self::refresh), and `TooShort` (carrying the best token) when the fetched
-    /// token has less than `min_remaining` left. `Closed` after shutdown, even when the held token
+    /// token has less than `min_remaining` left. From inside this manager's own fetcher, the held
+    /// token when it qualifies, else `Reentrant`. `Closed` after shutdown, even when the held token
     /// qualifies.
     pub async fn fresh_token(&self, min_remaining: Duration) -> Result<AccessToken, RefreshError> {
-        let shared = self.shared();
-        if shared.is_closed() {
-            return Err(RefreshError::Closed);
-        }
-        if let Some(token) = self.token() {
-            let now = shared.token_now();
-            if shared::lasts(token.expires_at(), now, min_remaining) {
-                return Ok(token);
-            }
-        }
         self.request_fetch(Some(min_remaining)).await
     }
 
@@ -260,12 +253,10 @@ impl AccessManager {
         &self,
         min_remaining: Option<Duration>,
     ) -> Result<AccessToken, RefreshError> {
-        if self.called_from(Role::Fetcher) {
-            return Err(RefreshError::Reentrant);
-        }
         let (reply, answer) = oneshot::channel();
         if !self.shared().send(Command::Refresh {
             min_remaining,
+            from_fetcher: self.called_from(Role::Fetcher),
             reply,
         }) {
             return Err(RefreshError::Closed);

@@ -35,6 +35,9 @@ pub(super) enum Command {
     Rejected(TokenError),
     Refresh {
         min_remaining: Option<Duration>,
+        /// Sent from inside this manager's own fetcher: answered without joining a fetch, which
+        /// would wait for the caller.
+        from_fetcher: bool,
         reply: FetchReply,
     },
     Register(Registration),
@@ -116,12 +119,6 @@ pub(super) fn shift(t: SystemTime, secs: i64) -> SystemTime {
     } else {
         t.checked_sub(by).unwrap_or(UNIX_EPOCH)
     }
-}
-
-/// Whether a token expiring at `expires_at` is unexpired at `now` with at least `min` left: what
-/// `fresh_token` asks of the held token, on the handle and in the driver alike.
-pub(super) fn lasts(expires_at: SystemTime, now: SystemTime, min: Duration) -> bool {
-    now < expires_at && expires_at.duration_since(now).unwrap_or_default() >= min
 }
 
 impl Shared {

@@ -508,10 +508,10 @@ async fn b10_fresh_token_returns_the_current_token_when_it_has_enough_left_else_
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn b10_fresh_token_answers_a_token_that_qualifies_without_waiting_for_the_driver() {
-    use futures::FutureExt;
+async fn b10_fresh_token_right_after_a_reported_refusal_fetches_instead_of_answering_the_refused_token(
+) {
     let clock = clock();
-    let (fetcher, calls) = scripted();
+    let (fetcher, mut calls) = scripted();
     let held = mint("alice", T0, 3600);
     let manager = AccessManager::builder()
         .clock(clock.clone())
@@ -519,10 +519,23 @@ async fn b10_fresh_token_answers_a_token_that_qualifies_without_waiting_for_the_
         .initial_token(&held)
         .build()
         .unwrap();
-    // Ready on its first poll: the driver task has not run at all yet.
-    let answer = manager.fresh_token(secs(3600)).now_or_never();
-    assert_eq!(answer.unwrap().unwrap().as_str(), held);
-    assert_eq!(calls.made(), 0);
+    // The app hears "expired" (20104) from a service and asks at once for a good token: the
+    // manager's task has not run in between.
+    assert_eq!(
+        manager.report_service_error(20104),
+        access_manager::ServiceAction::Refresh
+    );
+    let asked = {
+        let m = manager.clone();
+        tokio::spawn(async move { m.fresh_token(secs(60)).await })
+    };
+    let call = calls
+        .try_next()
+        .await
+        .expect("a fetch for the refused token");
+    let fresh = mint("alice", T0, 7200);
+    call.ok(fresh.clone());
+    assert_eq!(asked.await.unwrap().unwrap().as_str(), fresh);
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -374,3 +374,32 @@ async fn a_fetcher_may_wait_on_another_manager() {
     assert_eq!(b.token().unwrap().as_str(), token.as_str());
     assert_eq!(a.token().unwrap().as_str(), token.as_str());
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_fetcher_asking_its_own_manager_for_a_fresh_token_gets_the_held_one_when_it_qualifies() {
+    let clock = clock();
+    let slot: Slot = Arc::default();
+    let fetcher_slot = slot.clone();
+    let fetcher = fetcher_fn(move |_: FetchRequest| {
+        let slot = fetcher_slot.clone();
+        async move {
+            let manager = upgrade(&slot);
+            let held = manager.fresh_token(Duration::from_secs(60)).await;
+            let longer = manager.fresh_token(Duration::from_secs(7200)).await;
+            assert!(matches!(longer, Err(RefreshError::Reentrant)), "{longer:?}");
+            // A backend that needs the current token to issue the next one.
+            let held = held.map_err(FetchError::transient)?;
+            assert_eq!(held.identity(), Some("alice"));
+            Ok::<_, FetchError>(mint("alice", T0, 7200))
+        }
+    });
+    let manager = AccessManager::builder()
+        .clock(clock.clone())
+        .fetcher(fetcher)
+        .initial_token(mint("alice", T0, 3600))
+        .build()
+        .unwrap();
+    slot.set(manager.downgrade()).unwrap();
+    let token = manager.refresh().await.unwrap();
+    assert_eq!(token.remaining_at(at(T0)), Duration::from_secs(7200));
+}

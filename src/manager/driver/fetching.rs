@@ -4,7 +4,7 @@
 use super::super::error::{RefreshError, UpdateError};
 use super::super::plugin::{self, Plugin, Role};
 use super::super::plugin::{drop_caught, panic_message};
-use super::super::shared::{lasts, FetchReply};
+use super::super::shared::FetchReply;
 use super::super::stats::bump;
 use super::{Driver, Phase, Source, ANY_TIME, MIN_FETCH_SPACING};
 use crate::event::Event;
@@ -66,9 +66,11 @@ impl InFlight {
 }
 
 impl Driver {
+    /// `refresh()` (`min_remaining` is `None`) or `fresh_token(min_remaining)`.
     pub(super) fn on_refresh(
         &mut self,
         min_remaining: Option<Duration>,
+        from_fetcher: bool,
         reply: FetchReply,
         now: SystemTime,
     ) {
@@ -77,10 +79,17 @@ impl Driver {
             return;
         }
         if let (Some(min), Some(c)) = (min_remaining, &self.current) {
-            if lasts(c.expires_at, now, min) {
+            // `expires_at` is on the device's clock, skew applied.
+            let left = c.expires_at.duration_since(now).unwrap_or_default();
+            if !c.refused && now < c.expires_at && left >= min {
                 let _ = reply.send(Ok(c.token.clone()));
                 return;
             }
+        }
+        if from_fetcher {
+            // The fetch it would join is its caller's own.
+            let _ = reply.send(Err(RefreshError::Reentrant));
+            return;
         }
         // The app asks: automatic fetching resumes, whatever stopped it.
         self.set_halted(false);

@@ -269,8 +269,9 @@ impl Driver {
             }
             Command::Refresh {
                 min_remaining,
+                from_fetcher,
                 reply,
-            } => self.on_refresh(min_remaining, reply, now),
+            } => self.on_refresh(min_remaining, from_fetcher, reply, now),
             Command::Register(registration) => {
                 let current = deliverable(&self.current);
                 self.fanout.register(&self.shared, registration, current);
