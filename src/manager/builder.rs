@@ -120,8 +120,8 @@ impl AccessManagerBuilder {
         self
     }
 
-    /// Seeds the jitter's random source, for exact tests (default: seeded from the clock and a
-    /// per-manager counter).
+    /// Seeds the jitter's random source, for exact tests (default: seeded from the clock and the
+    /// manager's address, so that managers alive at once draw different jitter).
     pub fn jitter_seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self

@@ -228,7 +228,7 @@ impl AccessManager {
     ///
     /// # Errors
     /// `NoFetcher` without a fetcher; `Fetch` or `Rejected` when the fetch fails (the current token
-    /// is kept and automatic retries go on); `SignedOut` when a sign-out cancels the fetch;
+    /// is kept, and automatic retries go on unless the failure is permanent); `SignedOut` when a sign-out cancels the fetch;
     /// `Reentrant` from inside this manager's own fetcher (it would wait for itself); `Closed`
     /// after shutdown.
     pub async fn refresh(&self) -> Result<AccessToken, RefreshError> {
@@ -267,7 +267,7 @@ impl AccessManager {
     /// Registers an SDK client; it receives the current token promptly, and every new one.
     ///
     /// It is held weakly: dropping the app's last `Arc` unregisters it (the manager notices at its
-    /// next registration, update or unregistration). `Arc<dyn TokenConsumer>` works too. After
+    /// next token, or when registrations have doubled the list since it last looked). `Arc<dyn TokenConsumer>` works too. After
     /// shutdown nothing is registered. A consumer that needs its manager holds a
     /// [`WeakAccessManager`], not an `AccessManager`.
     pub fn register<C: TokenConsumer + ?Sized>(&self, consumer: &Arc<C>) -> ConsumerId {

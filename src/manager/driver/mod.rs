@@ -123,9 +123,13 @@ impl Future for Driver {
 }
 
 impl Driver {
-    pub(super) fn new(config: Config, shared: Arc<Shared>, initial: Option<AccessToken>) -> Self {
+    pub(super) fn new(
+        mut config: Config,
+        shared: Arc<Shared>,
+        initial: Option<AccessToken>,
+    ) -> Self {
         let now = shared.clock.now();
-        let persistence = config.store.clone().map(|store| {
+        let persistence = config.store.take().map(|store| {
             // Without an initial token, the stored one (if valid) is taken before any fetch.
             Box::new(Persistence::new(store, initial.is_none()))
         });
@@ -168,11 +172,14 @@ impl Driver {
         self.stopped = true;
         // Dropping these runs user code (a fetch future's or the fetcher's `Drop`): a panic there
         // must not keep the manager from closing, or `shutdown()` would wait forever.
+        // The store's queued operations and the unread commands may hold tokens: none is kept.
         let owned = (
             self.fetch.take(),
             self.config.fetcher.take(),
             self.timer.take(),
             self.fetch_wait.take(),
+            self.persistence.take(),
+            std::mem::take(&mut self.inbox),
         );
         let _ = drop_caught(owned);
         self.fanout.abandon();

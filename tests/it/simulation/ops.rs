@@ -406,7 +406,7 @@ impl World {
         let now = self.clock.now();
         let qualifies = min.is_some_and(|min| {
             self.current_install()
-                .is_some_and(|c| now < c.exp && c.token.remaining_at(now) >= min)
+                .is_some_and(|c| !c.refused && now < c.exp && c.token.remaining_at(now) >= min)
         });
         if !qualifies && self.fetch.is_some() {
             self.halted = false;
