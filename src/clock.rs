@@ -184,18 +184,25 @@ impl ManualState {
         }
     }
 
-    fn insert(&mut self, deadline: Deadline, id: u64, waker: Option<Waker>) {
+    /// Registers a sleeper; returns the waker it replaces, for the caller to drop after unlocking
+    /// (a waker's code never runs under the lock).
+    #[must_use]
+    fn insert(&mut self, deadline: Deadline, id: u64, waker: Option<Waker>) -> Option<Waker> {
         match deadline {
             Deadline::Wall(at) => self.wall_sleepers.insert((at, id), waker),
             Deadline::Elapsed(mark) => self.elapsed_sleepers.insert((mark, id), waker),
-        };
+        }
+        .flatten()
     }
 
-    fn remove(&mut self, deadline: Deadline, id: u64) {
+    /// Forgets a sleeper; returns its waker, for the caller to drop after unlocking.
+    #[must_use]
+    fn remove(&mut self, deadline: Deadline, id: u64) -> Option<Waker> {
         match deadline {
             Deadline::Wall(at) => self.wall_sleepers.remove(&(at, id)),
             Deadline::Elapsed(mark) => self.elapsed_sleepers.remove(&(mark, id)),
-        };
+        }
+        .flatten()
     }
 
     fn len(&self) -> usize {
@@ -313,7 +320,7 @@ impl ManualClock {
         let id = state.next_id;
         state.next_id += 1;
         if !state.is_due(deadline) {
-            state.insert(deadline, id, None);
+            let _new_id_replaces_nothing = state.insert(deadline, id, None);
         }
         drop(state);
         Box::pin(ManualSleep {
@@ -367,20 +374,26 @@ struct ManualSleep {
 impl Future for ManualSleep {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let waker = cx.waker().clone();
         let mut state = self.clock.lock();
         if state.is_due(self.deadline) {
-            state.remove(self.deadline, self.id);
+            let old = state.remove(self.deadline, self.id);
+            drop(state);
+            drop((old, waker));
             return Poll::Ready(());
         }
         // Re-registered: the sleeper may have been woken by a jump that time then undid.
-        state.insert(self.deadline, self.id, Some(cx.waker().clone()));
+        let old = state.insert(self.deadline, self.id, Some(waker));
+        drop(state);
+        drop(old);
         Poll::Pending
     }
 }
 
 impl Drop for ManualSleep {
     fn drop(&mut self) {
-        self.clock.lock().remove(self.deadline, self.id);
+        let old = self.clock.lock().remove(self.deadline, self.id);
+        drop(old);
     }
 }
 
