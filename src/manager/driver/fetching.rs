@@ -301,6 +301,16 @@ impl Driver {
         }
     }
 
+    /// The backoff before attempt `attempt + 1`, at least `at_least`, at most a token's longest
+    /// life: after failed fetches, and after refused tokens.
+    pub(super) fn backoff_wait(&mut self, attempt: u32, at_least: Duration) -> Duration {
+        self.config
+            .backoff
+            .delay(attempt, &mut self.rng)
+            .max(at_least)
+            .min(MAX_LIFETIME)
+    }
+
     fn on_fetch_failed(&mut self, error: &RefreshError, now: SystemTime) {
         self.failures = self.failures.saturating_add(1);
         bump(&self.shared.counters.fetch_failures);
@@ -315,15 +325,9 @@ impl Driver {
             self.plan_fetch(None, None);
             None
         } else {
-            let wait = self
-                .config
-                .backoff
-                .delay(self.failures, &mut self.rng)
-                .max(retry_after.unwrap_or(Duration::ZERO))
-                // A zero backoff must not spin the driver on a fetcher that fails at once.
-                .max(MIN_RETRY_WAIT)
-                // No token lives longer.
-                .min(MAX_LIFETIME);
+            // A zero backoff must not spin the driver on a fetcher that fails at once.
+            let at_least = retry_after.unwrap_or(Duration::ZERO).max(MIN_RETRY_WAIT);
+            let wait = self.backoff_wait(self.failures, at_least);
             // The token is still good (fresh, and no service refused it): no need to retry before
             // its refresh window.
             let at = match &self.current {

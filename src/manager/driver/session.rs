@@ -71,8 +71,8 @@ impl Driver {
                         // would loop as fast as the backend answers (never yielding, for one that
                         // answers at once). The next fetch backs off as after failed ones, and
                         // waits at least as long as after a short token (behaviour 7).
-                        let wait = self.config.backoff.delay(refused_before, &mut self.rng);
-                        self.plan_fetch(Some(ANY_TIME), Some(wait.max(MIN_FETCH_SPACING)));
+                        let wait = self.backoff_wait(refused_before, MIN_FETCH_SPACING);
+                        self.plan_fetch(Some(ANY_TIME), Some(wait));
                     }
                 }
             }
