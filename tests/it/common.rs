@@ -449,7 +449,7 @@ pub fn consumer_failures(events: &[Event]) -> Vec<(String, String)> {
 /// A manager on `clock` fetching through `fetcher`, with exact (jitter-free) backoff.
 pub fn fetching(
     clock: &ManualClock,
-    fetcher: ScriptedFetcher,
+    fetcher: impl access_manager::TokenFetcher,
 ) -> access_manager::AccessManagerBuilder {
     access_manager::AccessManager::builder()
         .clock(clock.clone())

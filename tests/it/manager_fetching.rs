@@ -12,12 +12,7 @@ fn exact_backoff() -> Backoff {
 }
 
 fn with_fetcher(clock: &ManualClock, fetcher: ScriptedFetcher) -> AccessManager {
-    AccessManager::builder()
-        .clock(clock.clone())
-        .fetcher(fetcher)
-        .backoff(exact_backoff())
-        .build()
-        .unwrap()
+    fetching(clock, fetcher).build().unwrap()
 }
 
 fn retry_at(e: &Event) -> Option<SystemTime> {
@@ -233,9 +228,7 @@ async fn b5_a_rejected_fetched_token_keeps_the_current_one_and_is_retried() {
 async fn b6_sixty_four_concurrent_refresh_and_fresh_token_calls_make_one_fetch() {
     let clock = clock();
     let (fetcher, mut calls) = scripted();
-    let manager = AccessManager::builder()
-        .clock(clock.clone())
-        .fetcher(fetcher)
+    let manager = fetching(&clock, fetcher)
         .initial_token(mint("alice", T0, 3600))
         .build()
         .unwrap();
@@ -318,9 +311,7 @@ async fn b6_a_panicking_fetcher_is_a_transient_failure_and_the_manager_lives_on(
 async fn b6_a_permanent_error_stops_retries_until_refresh_or_update() {
     let clock = clock();
     let (fetcher, mut calls) = scripted();
-    let manager = AccessManager::builder()
-        .clock(clock.clone())
-        .fetcher(fetcher)
+    let manager = fetching(&clock, fetcher)
         .initial_token(mint("alice", T0, 600))
         .build()
         .unwrap();
@@ -454,9 +445,7 @@ async fn b7_the_held_token_handed_back_is_fetched_again_after_half_its_remaining
     let clock = clock();
     let (fetcher, mut calls) = scripted();
     let held = mint("alice", T0, 300);
-    let manager = AccessManager::builder()
-        .clock(clock.clone())
-        .fetcher(fetcher)
+    let manager = fetching(&clock, fetcher)
         .initial_token(&held)
         .build()
         .unwrap();
@@ -484,9 +473,7 @@ async fn b10_fresh_token_returns_the_current_token_when_it_has_enough_left_else_
     let clock = clock();
     let (fetcher, mut calls) = scripted();
     let held = mint("alice", T0, 3600);
-    let manager = AccessManager::builder()
-        .clock(clock.clone())
-        .fetcher(fetcher)
+    let manager = fetching(&clock, fetcher)
         .initial_token(&held)
         .build()
         .unwrap();
@@ -513,9 +500,7 @@ async fn b10_fresh_token_right_after_a_reported_refusal_fetches_instead_of_answe
     let clock = clock();
     let (fetcher, mut calls) = scripted();
     let held = mint("alice", T0, 3600);
-    let manager = AccessManager::builder()
-        .clock(clock.clone())
-        .fetcher(fetcher)
+    let manager = fetching(&clock, fetcher)
         .initial_token(&held)
         .build()
         .unwrap();
@@ -543,9 +528,7 @@ async fn b10_fresh_token_of_zero_at_the_expiry_instant_fetches() {
     let clock = clock();
     let (fetcher, mut calls) = scripted();
     let held = mint("alice", T0, 3600);
-    let manager = AccessManager::builder()
-        .clock(clock.clone())
-        .fetcher(fetcher)
+    let manager = fetching(&clock, fetcher)
         .initial_token(&held)
         .build()
         .unwrap();

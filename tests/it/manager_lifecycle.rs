@@ -463,9 +463,7 @@ async fn b12_shutdown_returns_only_once_the_fetcher_is_dropped() {
         async { Err::<String, _>(FetchError::permanent("unused")) }
     });
     let clock = clock();
-    let manager = AccessManager::builder()
-        .clock(clock.clone())
-        .fetcher(fetcher)
+    let manager = fetching(&clock, fetcher)
         .initial_token(mint("alice", T0, 3600))
         .build()
         .unwrap();

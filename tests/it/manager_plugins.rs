@@ -200,9 +200,7 @@ async fn a_consumer_calling_refresh_gets_the_fetched_token() {
     let clock = clock();
     let (fetcher, mut calls) = scripted();
     let first = mint("alice", T0, 3600);
-    let manager = AccessManager::builder()
-        .clock(clock.clone())
-        .fetcher(fetcher)
+    let manager = fetching(&clock, fetcher)
         .initial_token(first)
         .build()
         .unwrap();
@@ -393,9 +391,7 @@ async fn a_fetcher_asking_its_own_manager_for_a_fresh_token_gets_the_held_one_wh
             Ok::<_, FetchError>(mint("alice", T0, 7200))
         }
     });
-    let manager = AccessManager::builder()
-        .clock(clock.clone())
-        .fetcher(fetcher)
+    let manager = fetching(&clock, fetcher)
         .initial_token(mint("alice", T0, 3600))
         .build()
         .unwrap();
