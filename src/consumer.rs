@@ -22,21 +22,42 @@ use std::fmt;
 /// for the caller).
 ///
 /// ```
-/// use access_manager::{AccessToken, ConsumerError, GrantKind, TokenConsumer};
-/// use std::sync::Mutex;
+/// use access_manager::grants::ChatGrant;
+/// use access_manager::{async_trait, AccessManager, AccessToken, ConsumerError, GrantKind,
+///                      TokenConsumer};
+/// use std::sync::{Arc, Mutex};
 ///
 /// #[derive(Debug, Default)]
-/// struct ChatClient { token: Mutex<Option<String>> }
+/// struct ChatClient { token: Mutex<Option<AccessToken>> }
 ///
-/// #[async_trait::async_trait]
+/// #[async_trait]
 /// impl TokenConsumer for ChatClient {
 ///     fn name(&self) -> &str { "chat" }
 ///     fn required_grant(&self) -> Option<GrantKind> { Some(GrantKind::Chat) }
 ///     async fn update_token(&self, token: &AccessToken) -> Result<(), ConsumerError> {
-///         *self.token.lock().unwrap() = Some(token.as_str().to_owned());
+///         *self.token.lock().unwrap() = Some(token.clone()); // a real SDK reconnects with it
 ///         Ok(())
 ///     }
+///     async fn signed_out(&self) {
+///         self.token.lock().unwrap().take();
+///     }
 /// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mint = || AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+///                                    "SKfedcba9876543210fedcba9876543210", "api-secret")
+///     .identity("alice");
+/// let chat = Arc::new(ChatClient::default());
+/// let manager = AccessManager::builder().build()?;
+/// manager.register(&chat); // held weakly: the app keeps `chat`
+///
+/// let report = manager.update_token(mint().to_jwt()?).await?; // no chat grant: not delivered
+/// assert_eq!((report.delivered(), report.failed().count()), (0, 1));
+/// let report = manager.update_token(mint().grant(ChatGrant::default()).to_jwt()?).await?;
+/// assert_eq!(report.delivered(), 1);
+/// assert_eq!(chat.token.lock().unwrap().as_ref(), Some(report.token()));
+/// # Ok(()) }
 /// ```
 #[async_trait]
 pub trait TokenConsumer: Send + Sync + 'static {
@@ -59,14 +80,58 @@ pub trait TokenConsumer: Send + Sync + 'static {
     async fn signed_out(&self) {}
 }
 
-/// A consumer's refusal or failure to take a token.
+/// A consumer's refusal or failure to take a token: a failure ([`new`](Self::new)), or a refusal
+/// by the SDK's service with its Twilio error code ([`rejected`](Self::rejected)). Its message is
+/// the wrapped error's, with the code when there is one.
+///
+/// ```
+/// use access_manager::ConsumerError;
+///
+/// let refused = ConsumerError::rejected(20104, "sync: token expired");
+/// assert_eq!(
+///     refused.to_string(),
+///     "sync: token expired (refused by the service: Twilio error 20104)"
+/// );
+/// assert_eq!(ConsumerError::new("chat: offline").to_string(), "chat: offline");
+/// ```
 pub struct ConsumerError {
     code: Option<u32>,
     source: Box<dyn Error + Send + Sync>,
 }
 
 impl ConsumerError {
-    /// Wraps the consumer's error.
+    /// Wraps the consumer's error: the delivery failed. The manager reports it (a `ConsumerFailed`
+    /// event, a row of the [`UpdateReport`](crate::UpdateReport)) and goes on; the next token is
+    /// delivered as usual.
+    ///
+    /// ```
+    /// use access_manager::{async_trait, AccessManager, AccessToken, ConsumerError, TokenConsumer};
+    /// use std::sync::Arc;
+    ///
+    /// struct Voice;
+    ///
+    /// #[async_trait]
+    /// impl TokenConsumer for Voice {
+    ///     fn name(&self) -> &str { "voice" }
+    ///     async fn update_token(&self, _token: &AccessToken) -> Result<(), ConsumerError> {
+    ///         Err(ConsumerError::new(std::io::Error::other("websocket closed")))
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                                "SKfedcba9876543210fedcba9876543210", "api-secret")
+    ///     .identity("alice")
+    ///     .to_jwt()?;
+    /// let voice = Arc::new(Voice);
+    /// let manager = AccessManager::builder().build()?;
+    /// manager.register(&voice);
+    /// let report = manager.update_token(jwt).await?; // the token is current all the same
+    /// let failed: Vec<String> = report.failed().map(|(name, e)| format!("{name}: {e}")).collect();
+    /// assert_eq!(failed, ["voice: websocket closed"]);
+    /// # Ok(()) }
+    /// ```
     pub fn new(err: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
         ConsumerError {
             code: None,
@@ -93,6 +158,13 @@ impl ConsumerError {
     }
 
     /// The service's error code, for a [`rejected`](Self::rejected) token.
+    ///
+    /// ```
+    /// use access_manager::ConsumerError;
+    ///
+    /// assert_eq!(ConsumerError::rejected(20107, "bad signature").code(), Some(20107));
+    /// assert_eq!(ConsumerError::new("offline").code(), None);
+    /// ```
     pub fn code(&self) -> Option<u32> {
         self.code
     }
@@ -123,7 +195,30 @@ impl Error for ConsumerError {
     }
 }
 
-/// Identifies a registered consumer, for [`AccessManager::unregister`](crate::AccessManager::unregister).
+/// Identifies a registered consumer, for
+/// [`AccessManager::unregister`](crate::AccessManager::unregister).
+///
+/// ```
+/// use access_manager::{async_trait, AccessManager, AccessToken, ConsumerError, TokenConsumer};
+/// use std::sync::Arc;
+///
+/// struct Video;
+///
+/// #[async_trait]
+/// impl TokenConsumer for Video {
+///     fn name(&self) -> &str { "video" }
+///     async fn update_token(&self, _token: &AccessToken) -> Result<(), ConsumerError> { Ok(()) }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let manager = AccessManager::builder().build().unwrap();
+/// let video = Arc::new(Video);
+/// let id = manager.register(&video);
+/// assert_ne!(id, manager.register(&Arc::new(Video))); // each registration has its own id
+/// assert!(manager.unregister(id)); // the room closed: no more tokens for it
+/// assert!(!manager.unregister(id));
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConsumerId(pub(crate) u64);
 
