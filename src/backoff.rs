@@ -5,7 +5,21 @@ use std::time::Duration;
 /// Exponential backoff: the n-th retry waits up to `initial × 2^(n-1)`, capped at `max`; with
 /// jitter (the default) the wait is drawn uniformly from `(0, that]` ("full jitter"), so many
 /// clients failing together do not retry together. The manager never retries sooner than 100 ms
-/// after a failure, whatever the backoff.
+/// after a failure, whatever the backoff. Give it to
+/// [`AccessManagerBuilder::backoff`](crate::AccessManagerBuilder::backoff).
+///
+/// ```
+/// use access_manager::{AccessManager, Backoff};
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // A mobile app on a flaky network: first retry within 2 s, then no more than every 5 min.
+/// let backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(300));
+/// let waits: Vec<u64> = (1..=10).map(|n| backoff.ceiling(n).as_secs()).collect();
+/// assert_eq!(waits, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+/// let _manager = AccessManager::builder().backoff(backoff).build().unwrap();
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     initial: Duration,
@@ -15,11 +29,36 @@ pub struct Backoff {
 
 impl Backoff {
     /// The default first delay: 1 s.
+    ///
+    /// ```
+    /// use access_manager::Backoff;
+    ///
+    /// assert_eq!(Backoff::default().initial(), Backoff::DEFAULT_INITIAL);
+    /// ```
     pub const DEFAULT_INITIAL: Duration = Duration::from_secs(1);
     /// The default cap: 60 s.
+    ///
+    /// ```
+    /// use access_manager::Backoff;
+    ///
+    /// assert_eq!(Backoff::default().max(), Backoff::DEFAULT_MAX);
+    /// ```
     pub const DEFAULT_MAX: Duration = Duration::from_secs(60);
 
     /// Doubling from `initial` up to `max` (a `max` below `initial` is raised to it), with jitter.
+    ///
+    /// ```
+    /// use access_manager::Backoff;
+    /// use std::time::Duration;
+    ///
+    /// let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    /// assert_eq!(backoff.ceiling(1), Duration::from_millis(500));
+    /// assert_eq!(backoff.ceiling(3), Duration::from_secs(2));
+    /// assert!(backoff.has_jitter());
+    /// // A cap below the first delay is raised to it.
+    /// let flat = Backoff::new(Duration::from_secs(10), Duration::from_secs(1));
+    /// assert_eq!(flat.max(), Duration::from_secs(10));
+    /// ```
     pub fn new(initial: Duration, max: Duration) -> Self {
         Backoff {
             initial,
@@ -29,28 +68,80 @@ impl Backoff {
     }
 
     /// The same schedule without jitter: exact waits, for tests and for single clients.
+    ///
+    /// ```
+    /// use access_manager::clock::{Clock, ManualClock};
+    /// use access_manager::{fetcher_fn, AccessManager, Backoff, Event, FetchError};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    /// let (_manager, mut events) = AccessManager::builder()
+    ///     .clock(clock.clone())
+    ///     .backoff(Backoff::default().without_jitter())
+    ///     .fetcher(fetcher_fn(|_| async { Err::<String, _>(FetchError::transient("offline")) }))
+    ///     .build_with_events()?;
+    /// let Some(Event::RefreshFailed { retry_at, .. }) = events.recv().await else { panic!() };
+    /// assert_eq!(retry_at, Some(clock.now() + Backoff::DEFAULT_INITIAL)); // exactly 1 s
+    /// # Ok(()) }
+    /// ```
     pub fn without_jitter(mut self) -> Self {
         self.jitter = false;
         self
     }
 
     /// The first delay.
+    ///
+    /// ```
+    /// use access_manager::Backoff;
+    /// use std::time::Duration;
+    ///
+    /// let backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+    /// assert_eq!(backoff.initial(), Duration::from_millis(250));
+    /// ```
     pub fn initial(&self) -> Duration {
         self.initial
     }
 
     /// The cap.
+    ///
+    /// ```
+    /// use access_manager::Backoff;
+    /// use std::time::Duration;
+    ///
+    /// assert_eq!(Backoff::default().max(), Duration::from_secs(60));
+    /// ```
     pub fn max(&self) -> Duration {
         self.max
     }
 
     /// Whether waits are jittered.
+    ///
+    /// ```
+    /// use access_manager::Backoff;
+    ///
+    /// assert!(Backoff::default().has_jitter());
+    /// assert!(!Backoff::default().without_jitter().has_jitter());
+    /// ```
     pub fn has_jitter(&self) -> bool {
         self.jitter
     }
 
     /// The longest wait before retry number `failures` (1 after the first failure):
     /// `initial × 2^(failures-1)`, capped at `max`; zero at every count when `initial` is zero.
+    /// Without jitter it is the wait itself.
+    ///
+    /// ```
+    /// use access_manager::Backoff;
+    /// use std::time::Duration;
+    ///
+    /// let backoff = Backoff::default(); // 1 s doubling to 60 s
+    /// assert_eq!(backoff.ceiling(1), Duration::from_secs(1));
+    /// assert_eq!(backoff.ceiling(4), Duration::from_secs(8));
+    /// assert_eq!(backoff.ceiling(7), Duration::from_secs(60));
+    /// assert_eq!(backoff.ceiling(u32::MAX), Duration::from_secs(60));
+    /// ```
     pub fn ceiling(&self, failures: u32) -> Duration {
         let mut ceiling = self.initial;
         // Doubling a non-zero duration reaches any cap within 94 steps (1 ns to `Duration::MAX`);
