@@ -230,7 +230,18 @@ impl ManualState {
 }
 
 impl ManualClock {
-    /// A clock standing at `start`.
+    /// A clock standing at `start`, with no time elapsed.
+    ///
+    /// ```
+    /// use access_manager::clock::{Clock, ManualClock};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// let clock = ManualClock::new(start);
+    /// assert_eq!(clock.now(), start);
+    /// assert_eq!(clock.elapsed(), Duration::ZERO);
+    /// assert_eq!(clock.clone().now(), start); // clones share one time
+    /// ```
     pub fn new(start: SystemTime) -> Self {
         ManualClock {
             shared: Arc::new(Mutex::new(ManualState {
@@ -250,6 +261,30 @@ impl ManualClock {
 
     /// Time passes: wall time and elapsed time both move forward by `by` (saturating at the latest
     /// representable time). Wakes every sleeper now due, in deadline order.
+    ///
+    /// ```
+    /// use access_manager::clock::{Clock, ManualClock};
+    /// use access_manager::{AccessManager, AccessToken, Event};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    /// let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                                "SKfedcba9876543210fedcba9876543210", "api-secret")
+    ///     .issued_at(clock.now())
+    ///     .ttl(Duration::from_secs(3600))
+    ///     .to_jwt()?;
+    /// let (manager, mut events) = AccessManager::builder()
+    ///     .clock(clock.clone())
+    ///     .initial_token(jwt)
+    ///     .build_with_events()?;
+    /// clock.advance(Duration::from_secs(3600)); // an hour passes, at once
+    /// assert!(matches!(events.recv().await, Some(Event::TokenWillExpire { .. })));
+    /// assert!(matches!(events.recv().await, Some(Event::TokenExpired { .. })));
+    /// assert!(manager.is_expired());
+    /// # Ok(()) }
+    /// ```
     pub fn advance(&self, by: Duration) {
         let mut state = self.lock();
         let (wall, elapsed) = (
@@ -272,6 +307,19 @@ impl ManualClock {
 
     /// Time passes until the wall clock reads `to`: [`advance`](Self::advance) by `to - now`
     /// (nothing when `to` is not later than now). Handy with [`next_deadline`](Self::next_deadline).
+    ///
+    /// ```
+    /// use access_manager::clock::{Clock, ManualClock};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// let clock = ManualClock::new(start);
+    /// let ninety = Duration::from_secs(90);
+    /// clock.advance_to(start + ninety);
+    /// assert_eq!((clock.now(), clock.elapsed()), (start + ninety, ninety));
+    /// clock.advance_to(start); // in the past: time does not go back
+    /// assert_eq!(clock.now(), start + ninety);
+    /// ```
     pub fn advance_to(&self, to: SystemTime) {
         let by = to.duration_since(self.now()).unwrap_or_default();
         self.advance(by);
@@ -279,6 +327,32 @@ impl ManualClock {
 
     /// The wall clock jumps to `to`, forwards or backwards; elapsed time does not move. Wakes every
     /// wall-clock sleeper now due, in deadline order.
+    ///
+    /// ```
+    /// use access_manager::clock::{Clock, ManualClock};
+    /// use access_manager::{AccessManager, AccessToken, Event};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    /// let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                                "SKfedcba9876543210fedcba9876543210", "api-secret")
+    ///     .issued_at(clock.now())
+    ///     .ttl(Duration::from_secs(3600))
+    ///     .to_jwt()?;
+    /// let (manager, mut events) = AccessManager::builder()
+    ///     .clock(clock.clone())
+    ///     .initial_token(jwt)
+    ///     .build_with_events()?;
+    /// // The laptop wakes up two hours later: the wall clock jumps, no time elapsed for the app.
+    /// clock.set(clock.now() + Duration::from_secs(7200));
+    /// assert!(matches!(events.recv().await, Some(Event::TokenWillExpire { .. })));
+    /// assert!(matches!(events.recv().await, Some(Event::TokenExpired { .. })));
+    /// assert!(manager.is_expired());
+    /// assert_eq!(clock.elapsed(), Duration::ZERO);
+    /// # Ok(()) }
+    /// ```
     pub fn set(&self, to: SystemTime) {
         let mut state = self.lock();
         let due: Vec<_> = state.wall_due(to).collect();
@@ -288,18 +362,65 @@ impl ManualClock {
     }
 
     /// How much time has passed through [`advance`](Self::advance) since the clock was made.
+    ///
+    /// ```
+    /// use access_manager::clock::{Clock, ManualClock};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    /// clock.advance(Duration::from_secs(30));
+    /// clock.set(UNIX_EPOCH); // a wall-clock jump is not elapsed time
+    /// assert_eq!(clock.elapsed(), Duration::from_secs(30));
+    /// ```
     pub fn elapsed(&self) -> Duration {
         self.lock().elapsed
     }
 
     /// How many sleeps are pending (a sleep that resolved or was dropped is not counted).
+    ///
+    /// ```
+    /// use access_manager::clock::{Clock, ManualClock};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    /// let short = clock.sleep(Duration::from_secs(1));
+    /// let long = clock.sleep(Duration::from_secs(60));
+    /// assert_eq!(clock.pending_sleeps(), 2);
+    /// clock.advance(Duration::from_secs(1));
+    /// short.await; // resolved: no longer pending
+    /// assert_eq!(clock.pending_sleeps(), 1);
+    /// drop(long); // dropped: no longer pending
+    /// assert_eq!(clock.pending_sleeps(), 0);
+    /// # }
+    /// ```
     pub fn pending_sleeps(&self) -> usize {
         self.lock().len()
     }
 
     /// The wall-clock instant at which the next pending sleep is due, if any (an elapsed-time
     /// sleep counts as due when [`advance`](Self::advance) reaches it): handy to step a test from
-    /// one timer to the next with `clock.advance(next - clock.now())`.
+    /// one timer to the next with [`advance_to`](Self::advance_to).
+    ///
+    /// ```
+    /// use access_manager::clock::{Clock, ManualClock};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// let clock = ManualClock::new(start);
+    /// assert_eq!(clock.next_deadline(), None);
+    /// let refresh = clock.sleep_until(start + Duration::from_secs(420)); // wall time
+    /// let timeout = clock.sleep(Duration::from_secs(30)); // elapsed time
+    /// assert_eq!(clock.next_deadline(), Some(start + Duration::from_secs(30)));
+    /// clock.advance_to(clock.next_deadline().unwrap());
+    /// timeout.await;
+    /// assert_eq!(clock.next_deadline(), Some(start + Duration::from_secs(420)));
+    /// clock.advance_to(clock.next_deadline().unwrap());
+    /// refresh.await;
+    /// assert_eq!(clock.next_deadline(), None);
+    /// # }
+    /// ```
     pub fn next_deadline(&self) -> Option<SystemTime> {
         let state = self.lock();
         let wall = state
