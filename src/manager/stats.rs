@@ -5,7 +5,30 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Counts since the manager was built, from [`AccessManager::stats`](crate::AccessManager::stats),
 /// as the manager's task has handled them: a token refused at the call (one that does not even
-/// parse) is counted a moment after the call answered.
+/// parse) is counted a moment after the call answered. Fields may be added: read them by name.
+///
+/// ```
+/// use access_manager::clock::{Clock, ManualClock};
+/// use access_manager::{fetcher_fn, AccessManager, Backoff, Event, FetchError};
+/// use std::time::{Duration, UNIX_EPOCH};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+/// let (manager, mut events) = AccessManager::builder()
+///     .clock(clock.clone())
+///     .backoff(Backoff::default().without_jitter())
+///     .fetcher(fetcher_fn(|_| async { Err::<String, _>(FetchError::transient("HTTP 502")) }))
+///     .build_with_events()?;
+/// let Some(Event::RefreshFailed { retry_at, .. }) = events.recv().await else { panic!() };
+///
+/// // What a support ticket would show: one fetch, failed, the next one planned.
+/// let stats = manager.stats();
+/// assert_eq!((stats.fetches, stats.fetch_failures, stats.tokens_installed), (1, 1, 0));
+/// assert_eq!(stats.next_fetch_at, retry_at);
+/// assert_eq!(stats.last_fetch_duration, Some(Duration::ZERO)); // no time passed on this clock
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
