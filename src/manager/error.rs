@@ -33,21 +33,112 @@ impl UpdateReport {
     }
 
     /// `false` when the token was the one already held: nothing happened.
+    ///
+    /// ```
+    /// use access_manager::{AccessManager, AccessToken};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                                "SKfedcba9876543210fedcba9876543210", "api-secret")
+    ///     .identity("alice")
+    ///     .to_jwt()?;
+    /// let manager = AccessManager::builder().build()?;
+    /// assert!(manager.update_token(&jwt).await?.changed());
+    /// assert!(!manager.update_token(&jwt).await?.changed()); // the same token again
+    /// # Ok(()) }
+    /// ```
     pub fn changed(&self) -> bool {
         self.changed
     }
 
     /// The token now current.
+    ///
+    /// ```
+    /// use access_manager::{AccessManager, AccessToken};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                                "SKfedcba9876543210fedcba9876543210", "api-secret")
+    ///     .identity("alice")
+    ///     .to_jwt()?;
+    /// let manager = AccessManager::builder().build()?;
+    /// let report = manager.update_token(&jwt).await?;
+    /// assert_eq!(report.token().identity(), Some("alice"));
+    /// assert_eq!(report.token().as_str(), jwt);
+    /// # Ok(()) }
+    /// ```
     pub fn token(&self) -> &AccessToken {
         &self.token
     }
 
     /// How many consumers took this token.
+    ///
+    /// ```
+    /// use access_manager::{async_trait, AccessManager, AccessToken, ConsumerError, TokenConsumer};
+    /// use std::sync::Arc;
+    ///
+    /// struct Sdk(&'static str);
+    ///
+    /// #[async_trait]
+    /// impl TokenConsumer for Sdk {
+    ///     fn name(&self) -> &str { self.0 }
+    ///     async fn update_token(&self, _token: &AccessToken) -> Result<(), ConsumerError> {
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                                "SKfedcba9876543210fedcba9876543210", "api-secret")
+    ///     .identity("alice")
+    ///     .to_jwt()?;
+    /// let manager = AccessManager::builder().build()?;
+    /// let sdks = [Arc::new(Sdk("chat")), Arc::new(Sdk("sync"))];
+    /// for sdk in &sdks {
+    ///     manager.register(sdk);
+    /// }
+    /// assert_eq!(manager.update_token(jwt).await?.delivered(), 2);
+    /// # Ok(()) }
+    /// ```
     pub fn delivered(&self) -> usize {
         self.delivered
     }
 
     /// The consumers that failed, timed out, panicked or lacked their required grant, with why.
+    ///
+    /// ```
+    /// use access_manager::{async_trait, AccessManager, AccessToken, ConsumerError, GrantKind,
+    ///                      TokenConsumer};
+    /// use std::sync::Arc;
+    ///
+    /// struct Video;
+    ///
+    /// #[async_trait]
+    /// impl TokenConsumer for Video {
+    ///     fn name(&self) -> &str { "video" }
+    ///     fn required_grant(&self) -> Option<GrantKind> { Some(GrantKind::Video) }
+    ///     async fn update_token(&self, _token: &AccessToken) -> Result<(), ConsumerError> {
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                                "SKfedcba9876543210fedcba9876543210", "api-secret")
+    ///     .identity("alice") // and no video grant
+    ///     .to_jwt()?;
+    /// let manager = AccessManager::builder().build()?;
+    /// let video = Arc::new(Video);
+    /// manager.register(&video);
+    /// let report = manager.update_token(jwt).await?;
+    /// let failed: Vec<&str> = report.failed().map(|(name, _why)| name).collect();
+    /// assert_eq!(failed, ["video"]);
+    /// # Ok(()) }
+    /// ```
     pub fn failed(&self) -> impl Iterator<Item = (&str, &ConsumerError)> + '_ {
         self.failures.iter().map(|(name, err)| (name.as_str(), err))
     }
@@ -55,6 +146,28 @@ impl UpdateReport {
 
 /// Why [`AccessManager::update_token`](crate::AccessManager::update_token) refused a token. The
 /// token held before is kept.
+///
+/// ```
+/// use access_manager::{AccessManager, AccessToken, UpdateError};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mint = |who: &str| {
+///     AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+///                          "SKfedcba9876543210fedcba9876543210", "api-secret")
+///         .identity(who)
+///         .to_jwt()
+/// };
+/// let manager = AccessManager::builder().initial_token(mint("alice")?).build()?;
+/// match manager.update_token(mint("bob")?).await {
+///     Err(UpdateError::IdentityMismatch { current, offered }) => {
+///         assert_eq!((current.as_deref(), offered.as_deref()), (Some("alice"), Some("bob")));
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// assert_eq!(manager.identity().as_deref(), Some("alice")); // kept
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum UpdateError {
@@ -86,6 +199,17 @@ impl UpdateError {
     /// The refusal as a [`TokenError`] with its Twilio code (`None` for `Closed`), as the
     /// [`Event::TokenRejected`](crate::Event::TokenRejected) event carries it: another identity is a
     /// grants refusal (20106), another account a subject refusal (20103).
+    ///
+    /// ```
+    /// use access_manager::AccessManager;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let manager = AccessManager::builder().build().unwrap();
+    /// let refused = manager.update_token("not a token").await.unwrap_err();
+    /// let error = refused.token_error().unwrap(); // what `Event::TokenRejected` carries
+    /// assert_eq!(error.code(), 20101); // malformed
+    /// # }
+    /// ```
     pub fn token_error(&self) -> Option<TokenError> {
         match self {
             UpdateError::Invalid(e) => Some(e.clone()),
@@ -100,6 +224,25 @@ impl UpdateError {
     }
 
     /// The Twilio error code of the refusal (`None` for `Closed`).
+    ///
+    /// ```
+    /// use access_manager::{AccessManager, AccessToken};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mint = |who: &str| {
+    ///     AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                          "SKfedcba9876543210fedcba9876543210", "api-secret")
+    ///         .identity(who)
+    ///         .to_jwt()
+    /// };
+    /// let manager = AccessManager::builder().initial_token(mint("alice")?).build()?;
+    /// let refused = manager.update_token(mint("bob")?).await.unwrap_err();
+    /// assert_eq!(refused.code(), Some(20106)); // another identity: a grants refusal
+    /// manager.shutdown().await;
+    /// assert_eq!(manager.update_token(mint("alice")?).await.unwrap_err().code(), None); // closed
+    /// # Ok(()) }
+    /// ```
     pub fn code(&self) -> Option<u32> {
         self.token_error().map(|e| e.code())
     }
