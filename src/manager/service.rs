@@ -28,7 +28,62 @@
 
 use std::fmt;
 
-/// What the manager does about a service's refusal of its token.
+/// What the manager does about a service's refusal of its token: the answer of
+/// [`report_service_error`](crate::AccessManager::report_service_error), and the `action` of every
+/// [`Event::ServiceRejected`](crate::Event::ServiceRejected).
+///
+/// ```
+/// use access_manager::{async_trait, fetcher_fn, AccessManager, AccessToken, ConsumerError, Event,
+///                      FetchError, ServiceAction, TokenConsumer};
+/// use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// /// A voice client whose service refuses the first token it is given.
+/// #[derive(Default)]
+/// struct Voice { refused_once: AtomicBool }
+///
+/// #[async_trait]
+/// impl TokenConsumer for Voice {
+///     fn name(&self) -> &str { "voice" }
+///     async fn update_token(&self, _token: &AccessToken) -> Result<(), ConsumerError> {
+///         if self.refused_once.swap(true, Ordering::SeqCst) {
+///             Ok(())
+///         } else {
+///             Err(ConsumerError::rejected(51215, "voice: token unauthorized"))
+///         }
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let minted = AtomicU64::new(0);
+/// let fetcher = fetcher_fn(move |_| {
+///     let n = minted.fetch_add(1, Ordering::SeqCst); // each token differs from the last
+///     async move {
+///         AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+///                              "SKfedcba9876543210fedcba9876543210", "api-secret")
+///             .identity("alice")
+///             .ttl(Duration::from_secs(3600 + n))
+///             .to_jwt()
+///             .map_err(FetchError::transient)
+///     }
+/// });
+/// let (manager, mut events) = AccessManager::builder().fetcher(fetcher).build_with_events()?;
+/// let voice = Arc::new(Voice::default());
+/// manager.register(&voice);
+/// let action = loop {
+///     match events.recv().await {
+///         Some(Event::ServiceRejected { code: 51215, action }) => break action,
+///         Some(_) => {}
+///         None => panic!("the manager stopped"),
+///     }
+/// };
+/// assert_eq!(action, ServiceAction::Refresh); // 51215: a new token fixes it
+/// assert_eq!(action.to_string(), "refresh");
+/// assert!(matches!(events.recv().await, Some(Event::TokenUpdated { .. }))); // fetched at once
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ServiceAction {
