@@ -250,6 +250,24 @@ impl UpdateError {
 
 /// Why [`AccessManager::refresh`](crate::AccessManager::refresh) or
 /// [`fresh_token`](crate::AccessManager::fresh_token) gave no token. The token held is kept.
+///
+/// ```
+/// use access_manager::{fetcher_fn, AccessManager, FetchError, RefreshError};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let pushed_only = AccessManager::builder().build().unwrap();
+/// assert!(matches!(pushed_only.refresh().await, Err(RefreshError::NoFetcher)));
+///
+/// let offline = fetcher_fn(|_| async { Err::<String, _>(FetchError::transient("offline")) });
+/// let manager = AccessManager::builder().fetcher(offline).build().unwrap();
+/// match manager.refresh().await {
+///     Err(RefreshError::Fetch(err)) => assert!(!err.is_permanent()),
+///     other => panic!("{other:?}"),
+/// }
+/// manager.shutdown().await;
+/// assert!(matches!(manager.refresh().await, Err(RefreshError::Closed)));
+/// # }
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum RefreshError {
@@ -284,6 +302,27 @@ pub enum RefreshError {
 }
 
 /// Why [`AccessManagerBuilder::build`](crate::AccessManagerBuilder::build) failed.
+///
+/// ```
+/// use access_manager::{AccessManager, AccessToken, BuildError};
+/// use std::time::{Duration, UNIX_EPOCH};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // Outside a tokio runtime there is nowhere to run the manager's task.
+/// assert_eq!(AccessManager::builder().build().unwrap_err(), BuildError::NoRuntime);
+///
+/// let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// let _inside = runtime.enter();
+/// let expired = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+///                                    "SKfedcba9876543210fedcba9876543210", "api-secret")
+///     .issued_at(UNIX_EPOCH + Duration::from_secs(1_000_000))
+///     .to_jwt()?;
+/// match AccessManager::builder().initial_token(expired).build() {
+///     Err(BuildError::InvalidInitialToken(e)) => assert_eq!(e.code(), 20104), // expired
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
