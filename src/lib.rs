@@ -15,14 +15,14 @@
 //! ## The one-page picture
 //!
 //! ```text
-//!    app's backend (HTTP)          AccessManager (one per identity)                SDK clients
-//!    ───────────────────      ┌──────────────────────────────────────────┐    ───────────────────
-//!     TokenFetcher  ◀── fetch ─┤ the manager's task: one timer, one fetch  │
-//!    (your plugin,             │ at a time, retry with backoff, all on a   │── update_token ─▶ chat
-//!     HttpFetcher)  ── jwt ──▶ │ Clock; holds the current AccessToken      │── update_token ─▶ sync
-//!                              │ (lock-free read) and its generation       │── update_token ─▶ voice
-//!    app code ── update_token ▶│ fan-out: per-consumer delivery, latest    │── update_token ─▶ video
-//!             ◀── events ──────┤ wins, isolated failures                   │
+//!    app's backend (HTTP)            AccessManager (one per identity)          SDK clients
+//!    ────────────────────      ┌──────────────────────────────────────────┐    ───────────────────
+//!     TokenFetcher  ◀── fetch ─┤ the manager's task: one timer, one fetch │
+//!    (your plugin,             │ at a time, retry with backoff, all on a  │─ update_token ─▶ chat
+//!     HttpFetcher)  ── jwt ──▶ │ Clock; holds the current AccessToken     │─ update_token ─▶ sync
+//!                              │ (lock-free read) and its generation      │─ update_token ─▶ voice
+//!    app code ── update_token ▶│ fan-out: per-consumer delivery, latest   │─ update_token ─▶ video
+//!             ◀── events ──────┤ wins, isolated failures                  │
 //!                              └──────────────────────────────────────────┘
 //! ```
 //!
