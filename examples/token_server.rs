@@ -1,24 +1,32 @@
-//! Your backend's token endpoint: the server every Twilio app needs, in about a page.
+//! Your backend's token endpoint: the server every Twilio app needs, in about two pages.
 //!
 //! ```sh
 //! TWILIO_ACCOUNT_SID=AC... TWILIO_API_KEY_SID=SK... TWILIO_API_KEY_SECRET=... \
-//!     cargo run --example token_server
-//! curl -X POST -H 'Authorization: Bearer alice-session-key' http://127.0.0.1:3000/token
+//!     SESSION_KEYS_GENERATE=alice,bob cargo run --example token_server
+//! # prints a fresh key for alice and one for bob, then:
+//! curl -X POST -H "Authorization: Bearer $ALICE_KEY" http://127.0.0.1:3000/token
 //! ```
 //!
 //! `POST /token` with `Authorization: Bearer <session key>` mints a token for the user the key
-//! belongs to ([`USERS`] stands in for your login sessions) and answers
-//! `{"token": "...", "identity": "alice", "expires_in": 600}`, uncached. The token has a video grant,
-//! and chat, sync and voice (outgoing) grants when `TWILIO_CHAT_SERVICE_SID`,
-//! `TWILIO_SYNC_SERVICE_SID` and `TWILIO_VOICE_APP_SID` are set. It lives `TOKEN_TTL_SECS` (default
-//! 600: short, since the client refreshes it). The server listens on `BIND` (default
-//! 127.0.0.1:3000). 401 without a known key, 405 for other methods, 404 elsewhere. One line a
-//! request on stderr: method, path, status, identity; never the secret, a key or a token.
-//! Exit status 2 when the configuration is missing or invalid.
-
+//! belongs to and answers `{"token": "...", "identity": "alice", "expires_in": 600}`, uncached. The
+//! token has a video grant, and chat, sync and voice (outgoing) grants when
+//! `TWILIO_CHAT_SERVICE_SID`, `TWILIO_SYNC_SERVICE_SID` and `TWILIO_VOICE_APP_SID` are set. It lives
+//! `TOKEN_TTL_SECS` (default 600: short, since the client refreshes it). 401 without a known key, 405
+//! for other methods, 404 elsewhere. One line a request on stderr: method, path, status, identity;
+//! never the secret, a key or a token. Exit status 2 when the configuration is missing or invalid.
+//!
+//! The session keys stand in for your app's login sessions; exactly one of:
+//! - `SESSION_KEYS`: `identity=key` entries separated by commas;
+//! - `SESSION_KEYS_FILE`: a file of `identity=key` lines (blank lines and `#` comments skipped);
+//! - `SESSION_KEYS_GENERATE`: identities separated by commas, for a local try-out: a random key
+//!   for each, made at start and printed once on stdout (never in the log); they end with the run.
+//!
+//! A key is at least 16 characters of visible ASCII other than `,`; no two entries share one.
 use access_manager::clock::{Clock, SystemClock};
 use access_manager::grants::{ChatGrant, SyncGrant, VideoGrant, VoiceGrant};
 use access_manager::{AccessToken, TokenError};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::header::{
@@ -36,16 +44,34 @@ use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
-/// Session keys and their users: stands in for your app's login sessions.
-pub const USERS: &[(&str, &str)] = &[("alice-session-key", "alice"), ("bob-session-key", "bob")];
-
 const REQUIRED: [&str; 3] = [
     "TWILIO_ACCOUNT_SID",
     "TWILIO_API_KEY_SID",
     "TWILIO_API_KEY_SECRET",
 ];
 
-/// What the server mints with, from the environment. The secret stays private and has no `Debug`.
+/// The shortest session key accepted: shorter ones can be guessed.
+const MIN_KEY_LEN: usize = 16;
+/// The variables that give session keys, one of which must be set.
+const KEY_SOURCES: [&str; 3] = ["SESSION_KEYS", "SESSION_KEYS_FILE", "SESSION_KEYS_GENERATE"];
+
+/// One login session: the bearer key and whom it mints for. No `Debug`: the key is a credential.
+struct Session {
+    identity: String,
+    key: String,
+}
+
+/// Where the session keys came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource {
+    /// `SESSION_KEYS` or `SESSION_KEYS_FILE`.
+    Configured,
+    /// `SESSION_KEYS_GENERATE`: made at start; `main` prints them once.
+    Generated,
+}
+
+/// What the server mints with, from the environment. The secret and the session keys stay private,
+/// and there is no `Debug`.
 pub struct Config {
     pub account_sid: String,
     pub api_key_sid: String,
@@ -55,6 +81,8 @@ pub struct Config {
     pub voice_app_sid: Option<String>,
     pub ttl: Duration,
     pub bind: SocketAddr,
+    sessions: Vec<Session>,
+    pub key_source: KeySource,
 }
 
 impl Config {
@@ -87,6 +115,7 @@ impl Config {
                 })?,
         };
         let bind = get("BIND").unwrap_or_else(|| "127.0.0.1:3000".into());
+        let (sessions, key_source) = sessions(&get)?;
         let config = Config {
             account_sid: get(REQUIRED[0]).unwrap_or_default(),
             api_key_sid: get(REQUIRED[1]).unwrap_or_default(),
@@ -98,12 +127,28 @@ impl Config {
             bind: bind
                 .parse()
                 .map_err(|_| format!("BIND must be ip:port, not {bind:?}"))?,
+            sessions,
+            key_source,
         };
-        // Mint once now, so that a bad SID stops the server instead of failing every request.
-        config
-            .mint("check")
-            .map_err(|e| format!("cannot mint tokens: {e}"))?;
+        // Mint once for each identity now, so that a bad SID or identity stops the server instead
+        // of failing every request.
+        for session in &config.sessions {
+            config
+                .mint(&session.identity)
+                .map_err(|e| format!("cannot mint tokens: {e}"))?;
+        }
         Ok(config)
+    }
+
+    /// The user whose session key is `key`. Every key is compared, each in constant time.
+    fn identity_of(&self, key: &[u8]) -> Option<&str> {
+        let mut found = None;
+        for session in &self.sessions {
+            if bool::from(session.key.as_bytes().ct_eq(key)) {
+                found = Some(session.identity.as_str());
+            }
+        }
+        found
     }
 
     fn mint(&self, identity: &str) -> Result<String, TokenError> {
@@ -133,6 +178,122 @@ impl Config {
             token = token.grant(voice);
         }
         token.to_jwt()
+    }
+}
+
+/// The session keys from the one variable that gives them. Errors name the entry and the problem,
+/// never a key.
+fn sessions(get: &dyn Fn(&str) -> Option<String>) -> Result<(Vec<Session>, KeySource), String> {
+    let given: Vec<&str> = KEY_SOURCES
+        .into_iter()
+        .filter(|n| get(n).is_some())
+        .collect();
+    let (source, value) = match given[..] {
+        [] => {
+            return Err("no session keys: set SESSION_KEYS, SESSION_KEYS_FILE or \
+                 SESSION_KEYS_GENERATE (identities separated by commas, for a local try-out)"
+                .into())
+        }
+        [one] => (one, get(one).unwrap_or_default()),
+        _ => return Err(format!("set only one of {}", given.join(", "))),
+    };
+    match source {
+        "SESSION_KEYS" => {
+            let entries: Vec<(usize, &str)> = (1..).zip(value.split(',')).collect();
+            let sessions = parse_sessions(source, ("entry", "entries"), &entries)?;
+            Ok((sessions, KeySource::Configured))
+        }
+        "SESSION_KEYS_FILE" => {
+            let text = std::fs::read_to_string(&value)
+                .map_err(|e| format!("cannot read SESSION_KEYS_FILE {value:?}: {e}"))?;
+            // Skipped lines keep their numbers, so that an error points at the right line.
+            let lines: Vec<(usize, &str)> = (1..)
+                .zip(text.lines())
+                .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+                .collect();
+            let sessions = parse_sessions(source, ("line", "lines"), &lines)?;
+            Ok((sessions, KeySource::Configured))
+        }
+        _ => Ok((generate_sessions(&value)?, KeySource::Generated)),
+    }
+}
+
+/// `identity=key` entries, numbered for the errors, checked strictly: no empty part, no short key,
+/// no key given twice.
+fn parse_sessions(
+    source: &str,
+    (unit, units): (&str, &str),
+    entries: &[(usize, &str)],
+) -> Result<Vec<Session>, String> {
+    let mut sessions: Vec<(usize, Session)> = Vec::new();
+    for &(n, entry) in entries {
+        if entry.trim().is_empty() {
+            return Err(format!("{source} {unit} {n} is empty"));
+        }
+        let Some((identity, key)) = entry.split_once('=') else {
+            return Err(format!("{source} {unit} {n} is not identity=key"));
+        };
+        let (identity, key) = (identity.trim(), key.trim());
+        let problem = identity_problem(identity).or_else(|| key_problem(key));
+        if let Some(problem) = problem {
+            return Err(format!("{source} {unit} {n}: {problem}"));
+        }
+        if let Some((first, _)) = sessions.iter().find(|(_, s)| s.key == key) {
+            return Err(format!(
+                "{source} {units} {first} and {n} have the same key"
+            ));
+        }
+        let session = Session {
+            identity: identity.to_owned(),
+            key: key.to_owned(),
+        };
+        sessions.push((n, session));
+    }
+    Ok(sessions.into_iter().map(|(_, s)| s).collect())
+}
+
+/// A random key for each identity: 32 bytes from the system's generator, as URL-safe base64.
+fn generate_sessions(identities: &str) -> Result<Vec<Session>, String> {
+    let mut sessions = Vec::new();
+    for (n, identity) in (1..).zip(identities.split(',')) {
+        let identity = identity.trim();
+        if let Some(problem) = identity_problem(identity) {
+            return Err(format!("SESSION_KEYS_GENERATE entry {n}: {problem}"));
+        }
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| format!("cannot generate session keys: {e}"))?;
+        sessions.push(Session {
+            identity: identity.to_owned(),
+            key: URL_SAFE_NO_PAD.encode(bytes),
+        });
+    }
+    Ok(sessions)
+}
+
+fn identity_problem(identity: &str) -> Option<&'static str> {
+    if identity.is_empty() {
+        Some("the identity is empty")
+    } else if identity
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        Some(
+            "the identity holds a character an identity cannot (whitespace or a control character)",
+        )
+    } else {
+        None
+    }
+}
+
+fn key_problem(key: &str) -> Option<&'static str> {
+    if key.is_empty() {
+        Some("the key is empty")
+    } else if !key.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+        Some("the key holds a character a key cannot (visible ASCII other than `,` only)")
+    } else if key.len() < MIN_KEY_LEN {
+        Some("the key is shorter than 16 characters")
+    } else {
+        None
     }
 }
 
@@ -175,10 +336,10 @@ fn answer<B>(config: &Config, request: &Request<B>) -> Response<Full<Bytes>> {
     response
 }
 
-fn route<B>(
-    config: &Config,
+fn route<'c, B>(
+    config: &'c Config,
     request: &Request<B>,
-) -> (Response<Full<Bytes>>, Option<&'static str>) {
+) -> (Response<Full<Bytes>>, Option<&'c str>) {
     if request.uri().path() != "/token" {
         return (
             reply(StatusCode::NOT_FOUND, json!({"error": "not found"})),
@@ -192,7 +353,7 @@ fn route<B>(
             .insert(ALLOW, HeaderValue::from_static("POST"));
         return (response, None);
     }
-    let Some(identity) = session_user(request) else {
+    let Some(identity) = session_user(config, request) else {
         let mut response = reply(StatusCode::UNAUTHORIZED, json!({"error": "unauthorized"}));
         response
             .headers_mut()
@@ -215,18 +376,14 @@ fn route<B>(
     (response, Some(identity))
 }
 
-/// The user whose session key is the bearer credential, compared in constant time.
-fn session_user<B>(request: &Request<B>) -> Option<&'static str> {
+/// The user whose session key is the bearer credential.
+fn session_user<'c, B>(config: &'c Config, request: &Request<B>) -> Option<&'c str> {
     let value = request.headers().get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, key) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
     }
-    let key = key.trim().as_bytes();
-    USERS
-        .iter()
-        .find(|(k, _)| bool::from(k.as_bytes().ct_eq(key)))
-        .map(|&(_, user)| user)
+    config.identity_of(key.trim().as_bytes())
 }
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
@@ -254,6 +411,13 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if config.key_source == KeySource::Generated {
+        // Once, on stdout: the log (stderr) never holds a key.
+        println!("session keys generated for this run (they end with it):");
+        for session in &config.sessions {
+            println!("  {}  {}", session.identity, session.key);
+        }
+    }
     let addr = listener.local_addr().unwrap_or(config.bind);
     eprintln!("token_server: listening on http://{addr}/token");
     serve(listener, config).await;

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use token_server::{serve, Config, USERS};
+use token_server::{serve, Config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -28,6 +28,10 @@ const CHAT: &str = "IS00000000000000000000000000000001";
 const SYNC: &str = "IS00000000000000000000000000000002";
 const VOICE_APP: &str = "AP00000000000000000000000000000003";
 const WRONG_KEY: &str = "mallory-guessed-key";
+const ALICE_KEY: &str = "alice-test-key-3f9c1d2e8b7a";
+const BOB_KEY: &str = "bob-test-key-6a5b4c3d2e1f";
+/// The keys the server's source once held: anyone who read it could get tokens.
+const ONCE_FIXED_KEYS: [&str; 2] = ["alice-session-key", "bob-session-key"];
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
@@ -39,12 +43,23 @@ fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
-fn required() -> Vec<(&'static str, &'static str)> {
+/// The Twilio variables, no session keys.
+fn twilio() -> Vec<(&'static str, &'static str)> {
     vec![
         ("TWILIO_ACCOUNT_SID", ACCOUNT),
         ("TWILIO_API_KEY_SID", KEY),
         ("TWILIO_API_KEY_SECRET", SECRET),
     ]
+}
+
+/// Every required variable: the Twilio ones and the session keys of alice and bob.
+fn required() -> Vec<(&'static str, &'static str)> {
+    let mut pairs = twilio();
+    pairs.push((
+        "SESSION_KEYS",
+        "alice=alice-test-key-3f9c1d2e8b7a, bob=bob-test-key-6a5b4c3d2e1f",
+    ));
+    pairs
 }
 
 fn every_grant() -> HashMap<String, String> {
@@ -59,7 +74,28 @@ fn every_grant() -> HashMap<String, String> {
 }
 
 fn key_of(user: &str) -> &'static str {
-    USERS.iter().find(|(_, u)| *u == user).unwrap().0
+    match user {
+        "alice" => ALICE_KEY,
+        "bob" => BOB_KEY,
+        _ => panic!("no key for {user}"),
+    }
+}
+
+/// A file in the temporary directory, removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, contents: &str) -> TempFile {
+        let path = std::env::temp_dir().join(format!("{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// The server running in this test's runtime; stopped when dropped.
@@ -274,6 +310,104 @@ fn missing_required_variables_are_all_named() {
 }
 
 #[test]
+fn without_session_keys_the_server_refuses_to_start_naming_the_ways_to_give_them() {
+    let err = Config::from_env_map(&env(&twilio())).err().unwrap();
+    assert!(
+        err.contains(
+            "no session keys: set SESSION_KEYS, SESSION_KEYS_FILE or SESSION_KEYS_GENERATE"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn session_keys_are_parsed_strictly_and_errors_never_show_a_key() {
+    const K: &str = "k3y-that-must-not-leak-1";
+    for (value, problem) in [
+        ("alice".to_owned(), "entry 1 is not identity=key"),
+        (K.to_owned(), "entry 1 is not identity=key"),
+        ("alice=".to_owned(), "entry 1: the key is empty"),
+        (format!("={K}"), "entry 1: the identity is empty"),
+        (format!("alice={K},"), "entry 2 is empty"),
+        (format!("alice={K},,bob={K}2"), "entry 2 is empty"),
+        (
+            format!("alice=short-{}", &K[..3]),
+            "entry 1: the key is shorter than 16",
+        ),
+        (
+            format!("alice={K} extra"),
+            "entry 1: the key holds a character",
+        ),
+        (
+            format!("al ice={K}"),
+            "entry 1: the identity holds a character",
+        ),
+        (
+            format!("alice={K},bob={K}"),
+            "entries 1 and 2 have the same key",
+        ),
+    ] {
+        let mut vars = env(&twilio());
+        vars.insert("SESSION_KEYS".into(), value.clone());
+        let err = Config::from_env_map(&vars)
+            .err()
+            .unwrap_or_else(|| panic!("{value:?} accepted"));
+        assert!(
+            err.contains(&format!("SESSION_KEYS {problem}")),
+            "{value:?}: {err}"
+        );
+        assert!(!err.contains(K) && !err.contains("k3y"), "{value:?}: {err}");
+    }
+    let mut both = env(&required());
+    both.insert("SESSION_KEYS_GENERATE".into(), "carol".into());
+    let err = Config::from_env_map(&both).err().unwrap();
+    assert!(err.contains("set only one of"), "{err}");
+}
+
+#[tokio::test]
+async fn session_keys_come_from_a_file_whose_comments_and_blank_lines_are_skipped() {
+    let file = TempFile::new(
+        "session-keys",
+        &format!("# identity=key, one a line\n\nalice={ALICE_KEY}\n  bob = {BOB_KEY}  \n"),
+    );
+    let mut vars = env(&twilio());
+    vars.insert("SESSION_KEYS_FILE".into(), file.0.display().to_string());
+    let server = start(vars).await;
+    for user in ["alice", "bob"] {
+        let jwt = fetch(server.addr, Some(key_of(user))).await.unwrap();
+        let token = AccessToken::verify(&jwt, SECRET.as_bytes(), SystemClock.now()).unwrap();
+        assert_eq!(token.identity(), Some(user));
+    }
+
+    let bad = TempFile::new(
+        "bad-session-keys",
+        &format!("alice={ALICE_KEY}\n# ok\n{BOB_KEY}\n"),
+    );
+    let mut vars = env(&twilio());
+    vars.insert("SESSION_KEYS_FILE".into(), bad.0.display().to_string());
+    let err = Config::from_env_map(&vars).err().unwrap();
+    assert!(
+        err.contains("SESSION_KEYS_FILE line 3 is not identity=key"),
+        "{err}"
+    );
+    assert!(!err.contains(BOB_KEY), "{err}");
+
+    let missing = std::env::temp_dir().join("no-such-session-keys-file");
+    vars.insert("SESSION_KEYS_FILE".into(), missing.display().to_string());
+    let err = Config::from_env_map(&vars).err().unwrap();
+    assert!(err.contains("cannot read SESSION_KEYS_FILE"), "{err}");
+}
+
+#[tokio::test]
+async fn the_keys_once_fixed_in_the_source_get_nothing() {
+    let server = start(every_grant()).await;
+    for key in ONCE_FIXED_KEYS {
+        let err = fetch(server.addr, Some(key)).await.unwrap_err();
+        assert_eq!(status_of(&err), Some(401), "{key}: {err}");
+    }
+}
+
+#[test]
 fn defaults_are_a_600_s_ttl_on_loopback_port_3000() {
     let config = Config::from_env_map(&env(&required())).unwrap();
     assert_eq!(config.ttl, Duration::from_secs(600));
@@ -325,6 +459,26 @@ fn the_built_program_without_configuration_exits_2_naming_what_is_missing() {
     );
 }
 
+#[test]
+fn the_built_program_without_session_keys_exits_2_naming_the_ways_to_give_them() {
+    let mut program = Program(
+        Command::new(program())
+            .env_clear()
+            .envs(twilio())
+            .env("BIND", "127.0.0.1:0")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The first line, not the whole log: a server that starts anyway would never end it.
+    let mut first = String::new();
+    BufReader::new(program.0.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("no session keys"), "{first}");
+    assert_eq!(program.0.wait().unwrap().code(), Some(2));
+}
+
 /// The program, killed when dropped.
 struct Program(Child);
 
@@ -335,14 +489,21 @@ impl Drop for Program {
     }
 }
 
-#[tokio::test]
-async fn the_built_program_logs_a_line_a_request_without_secret_key_or_token() {
+/// The built program with generated keys for `identities`, on a free loopback port: the program,
+/// its address, the keys it printed on stdout (identity, key) and its log (stderr).
+fn run_with_generated_keys(identities: &str) -> (Program, SocketAddr, Vec<(String, String)>, Log) {
+    let mut vars = every_grant();
+    vars.remove("SESSION_KEYS");
+    // Stdout to a file: the keys are printed before the server listens, so the file holds them
+    // all once the log says it listens, and a program that prints none leaves it empty.
+    let stdout = TempFile::new(&format!("stdout-{identities}"), "");
     let mut program = Program(
         Command::new(program())
             .env_clear()
-            .envs(every_grant())
+            .envs(vars)
+            .env("SESSION_KEYS_GENERATE", identities)
             .env("BIND", "127.0.0.1:0")
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(&stdout.0).unwrap())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
@@ -357,8 +518,53 @@ async fn the_built_program_logs_a_line_a_request_without_secret_key_or_token() {
         .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
         .parse()
         .unwrap();
+    let printed = std::fs::read_to_string(&stdout.0).unwrap();
+    let mut lines = printed.lines();
+    let heading = lines.next().unwrap_or("");
+    assert!(
+        heading.starts_with("session keys generated for this run"),
+        "{printed:?}"
+    );
+    let keys = lines
+        .map(|line| {
+            let mut words = line.split_whitespace().map(str::to_owned);
+            (words.next().unwrap(), words.next().unwrap())
+        })
+        .collect();
+    (program, addr, keys, stderr)
+}
 
-    let jwt = fetch(addr, Some(key_of("alice"))).await.unwrap();
+type Log = BufReader<std::process::ChildStderr>;
+
+#[tokio::test]
+async fn the_built_program_generates_a_key_for_each_identity_and_the_once_fixed_keys_fail() {
+    let (program, addr, keys, _log) = run_with_generated_keys("alice,bob");
+    assert_eq!(
+        keys.iter()
+            .map(|(identity, _)| identity.as_str())
+            .collect::<Vec<_>>(),
+        ["alice", "bob"]
+    );
+    assert_ne!(keys[0].1, keys[1].1);
+    for (identity, key) in &keys {
+        assert!(key.len() >= 32, "{key}");
+        let jwt = fetch(addr, Some(key)).await.unwrap();
+        let token = AccessToken::verify(&jwt, SECRET.as_bytes(), SystemClock.now()).unwrap();
+        assert_eq!(token.identity(), Some(identity.as_str()));
+    }
+    for key in ONCE_FIXED_KEYS {
+        let err = fetch(addr, Some(key)).await.unwrap_err();
+        assert_eq!(status_of(&err), Some(401), "{key}: {err}");
+    }
+    drop(program);
+}
+
+#[tokio::test]
+async fn the_built_program_logs_a_line_a_request_without_secret_key_or_token() {
+    let (program, addr, keys, mut stderr) = run_with_generated_keys("alice");
+    let alice_key = keys[0].1.clone();
+
+    let jwt = fetch(addr, Some(&alice_key)).await.unwrap();
     fetch(addr, Some(WRONG_KEY)).await.unwrap_err();
     raw(addr, "GET", "/token", &[]).await;
     raw(addr, "POST", "/elsewhere?key=query-secret", &[]).await;
@@ -378,13 +584,7 @@ async fn the_built_program_logs_a_line_a_request_without_secret_key_or_token() {
         "{log}"
     );
     let signature = jwt.rsplit('.').next().unwrap();
-    for secret in [
-        SECRET,
-        key_of("alice"),
-        WRONG_KEY,
-        "query-secret",
-        signature,
-    ] {
+    for secret in [SECRET, &alice_key, WRONG_KEY, "query-secret", signature] {
         assert!(!log.contains(secret), "{secret:?} in the log:\n{log}");
     }
 }
