@@ -15,6 +15,12 @@
 //! for other methods, 404 elsewhere. One line a request on stderr: method, path, status, identity;
 //! never the secret, a key or a token. Exit status 2 when the configuration is missing or invalid.
 //!
+//! It answers only requests that name an expected host (421 otherwise), so that a web page the
+//! developer visits cannot reach it through DNS rebinding: the bind address (default
+//! 127.0.0.1:3000, from `BIND`), `localhost` on a loopback bind, and the names in `ALLOWED_HOSTS`
+//! (separated by commas, no port). A bind that is not loopback needs `ALLOW_PUBLIC_BIND=1`, with TLS
+//! terminated in front of the server; one on every address (0.0.0.0, ::) needs `ALLOWED_HOSTS`.
+//!
 //! The session keys stand in for your app's login sessions; exactly one of:
 //! - `SESSION_KEYS`: `identity=key` entries separated by commas;
 //! - `SESSION_KEYS_FILE`: a file of `identity=key` lines (blank lines and `#` comments skipped);
@@ -30,14 +36,15 @@ use base64::Engine as _;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::header::{
-    HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE,
+    HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST, WWW_AUTHENTICATE,
 };
+use hyper::http::uri::Authority;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +88,9 @@ pub struct Config {
     pub voice_app_sid: Option<String>,
     pub ttl: Duration,
     pub bind: SocketAddr,
+    /// The host names requests may name, lowercase, IPv6 without brackets: the bind address
+    /// (unless 0.0.0.0 or ::), `localhost` on a loopback bind, and `ALLOWED_HOSTS`.
+    pub hosts: Vec<String>,
     sessions: Vec<Session>,
     pub key_source: KeySource,
 }
@@ -115,6 +125,10 @@ impl Config {
                 })?,
         };
         let bind = get("BIND").unwrap_or_else(|| "127.0.0.1:3000".into());
+        let bind: SocketAddr = bind
+            .parse()
+            .map_err(|_| format!("BIND must be ip:port, not {bind:?}"))?;
+        let hosts = hosts(bind, get("ALLOWED_HOSTS"), get("ALLOW_PUBLIC_BIND"))?;
         let (sessions, key_source) = sessions(&get)?;
         let config = Config {
             account_sid: get(REQUIRED[0]).unwrap_or_default(),
@@ -124,9 +138,8 @@ impl Config {
             sync_service_sid: get("TWILIO_SYNC_SERVICE_SID"),
             voice_app_sid: get("TWILIO_VOICE_APP_SID"),
             ttl: Duration::from_secs(ttl),
-            bind: bind
-                .parse()
-                .map_err(|_| format!("BIND must be ip:port, not {bind:?}"))?,
+            bind,
+            hosts,
             sessions,
             key_source,
         };
@@ -179,6 +192,88 @@ impl Config {
         }
         token.to_jwt()
     }
+}
+
+/// The host names requests may name. A bind that is not loopback must be asked for, since the
+/// server speaks plain http; one on every address (0.0.0.0, ::) names no host, so it needs
+/// `ALLOWED_HOSTS`.
+fn hosts(
+    bind: SocketAddr,
+    allowed: Option<String>,
+    allow_public: Option<String>,
+) -> Result<Vec<String>, String> {
+    let allow_public = match allow_public.as_deref() {
+        None => false,
+        Some("1") => true,
+        Some(other) => {
+            return Err(format!(
+                "ALLOW_PUBLIC_BIND must be 1 or unset, not {other:?}"
+            ))
+        }
+    };
+    let ip = bind.ip();
+    if !ip.is_loopback() && !allow_public {
+        return Err(format!(
+            "BIND {bind} is not loopback: set ALLOW_PUBLIC_BIND=1 once TLS is terminated in front \
+             of the server (a reverse proxy or a load balancer)"
+        ));
+    }
+    let mut hosts = Vec::new();
+    for (n, entry) in (1..).zip(allowed.iter().flat_map(|a| a.split(','))) {
+        let host = entry.trim().to_ascii_lowercase();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(&host);
+        let is_name = !host.is_empty()
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !is_name && host.parse::<IpAddr>().is_err() {
+            return Err(format!(
+                "ALLOWED_HOSTS entry {n} must be a host name or an IP address, without scheme, \
+                 port or wildcard, not {entry:?}"
+            ));
+        }
+        hosts.push(host.to_owned());
+    }
+    if ip.is_unspecified() {
+        if hosts.is_empty() {
+            return Err(format!(
+                "BIND {bind} is every address, so no host name: list the ones clients use in \
+                 ALLOWED_HOSTS"
+            ));
+        }
+    } else {
+        hosts.push(ip.to_string());
+    }
+    if ip.is_loopback() {
+        hosts.push("localhost".into());
+    }
+    Ok(hosts)
+}
+
+/// Whether the request names only expected hosts: its `Host` header (required) and the
+/// authority of an absolute request target. The port is not compared: behind a proxy the
+/// client's port is not the one bound.
+fn host_is_expected<B>(config: &Config, request: &Request<B>) -> bool {
+    let Some(host) = request.headers().get(HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let target = request.uri().authority().map(Authority::as_str);
+    [Some(host), target].into_iter().flatten().all(|named| {
+        named.parse::<Authority>().is_ok_and(|authority| {
+            let host = authority.host().to_ascii_lowercase();
+            let host = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(&host);
+            config.hosts.iter().any(|expected| expected == host)
+        })
+    })
 }
 
 /// The session keys from the one variable that gives them. Errors name the entry and the problem,
@@ -340,6 +435,15 @@ fn route<'c, B>(
     config: &'c Config,
     request: &Request<B>,
 ) -> (Response<Full<Bytes>>, Option<&'c str>) {
+    if !host_is_expected(config, request) {
+        return (
+            reply(
+                StatusCode::MISDIRECTED_REQUEST,
+                json!({"error": "unknown host"}),
+            ),
+            None,
+        );
+    }
     if request.uri().path() != "/token" {
         return (
             reply(StatusCode::NOT_FOUND, json!({"error": "not found"})),
@@ -395,6 +499,19 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     response
 }
 
+/// The first line of the log; for a bind that is not loopback, a reminder that TLS is needed.
+pub fn listening_line(addr: SocketAddr) -> String {
+    let line = format!("token_server: listening on http://{addr}/token");
+    if addr.ip().is_loopback() {
+        line
+    } else {
+        format!(
+            "{line}, not loopback: terminate TLS in front of it (plain http carries session keys \
+             and tokens in clear text)"
+        )
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let config = match Config::from_env() {
@@ -419,7 +536,7 @@ async fn main() -> ExitCode {
         }
     }
     let addr = listener.local_addr().unwrap_or(config.bind);
-    eprintln!("token_server: listening on http://{addr}/token");
+    eprintln!("{}", listening_line(addr));
     serve(listener, config).await;
     ExitCode::SUCCESS
 }

@@ -111,7 +111,10 @@ impl Drop for Running {
 }
 
 async fn start(env: HashMap<String, String>) -> Running {
-    let config = Config::from_env_map(&env).expect("a valid configuration");
+    start_with(Config::from_env_map(&env).expect("a valid configuration")).await
+}
+
+async fn start_with(config: Config) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(serve(listener, config));
@@ -146,13 +149,25 @@ struct Raw {
     body: String,
 }
 
-/// One request on its own connection, the response read to its end.
+/// One request on its own connection, the response read to its end. `Host` is `addr` unless
+/// `headers` names one.
 async fn raw(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Raw {
-    let mut request = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nconnection: close\r\n");
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        request.push_str(&format!("host: {addr}\r\n"));
+    }
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("content-length: 0\r\n\r\n");
+    raw_request(addr, &request).await
+}
+
+/// `request`, as written, on its own connection; the response read to its end.
+async fn raw_request(addr: SocketAddr, request: &str) -> Raw {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
@@ -291,6 +306,141 @@ async fn other_methods_on_token_are_405_and_other_paths_404() {
         .await
         .unwrap_err();
     assert_eq!((err.is_permanent(), status_of(&err)), (true, Some(405)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host names: a page in the developer's browser may reach the server through DNS rebinding, with
+// its own host name in `Host`.
+
+#[tokio::test]
+async fn a_request_naming_another_host_is_refused_with_421_whatever_its_key() {
+    let server = start(every_grant()).await;
+    let auth = format!("Bearer {ALICE_KEY}");
+    let port = server.addr.port();
+    for host in [
+        format!("rebound.attacker.example:{port}"),
+        "rebound.attacker.example".to_owned(),
+        format!("0.0.0.0:{port}"),
+        format!("127.0.0.1.attacker.example:{port}"),
+    ] {
+        let reply = raw(
+            server.addr,
+            "POST",
+            "/token",
+            &[("host", &host), ("authorization", &auth)],
+        )
+        .await;
+        assert_eq!(reply.status, 421, "{host}: {}", reply.body);
+        assert!(!reply.body.contains("eyJ"), "{host}: {}", reply.body);
+    }
+    // Without Host, or with another host in the request line.
+    let no_host = format!(
+        "POST /token HTTP/1.1\r\nauthorization: {auth}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+    );
+    assert_eq!(raw_request(server.addr, &no_host).await.status, 421);
+    let absolute = format!(
+        "POST http://attacker.example/token HTTP/1.1\r\nhost: {}\r\nauthorization: {auth}\r\n\
+         connection: close\r\ncontent-length: 0\r\n\r\n",
+        server.addr
+    );
+    assert_eq!(raw_request(server.addr, &absolute).await.status, 421);
+}
+
+#[tokio::test]
+async fn the_bind_address_localhost_and_the_allowed_hosts_are_answered() {
+    let mut vars = every_grant();
+    vars.insert(
+        "ALLOWED_HOSTS".into(),
+        "tokens.example.com, 192.0.2.7".into(),
+    );
+    let server = start(vars).await;
+    let auth = format!("Bearer {ALICE_KEY}");
+    let port = server.addr.port();
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "LocalHost".to_owned(),
+        "tokens.example.com".to_owned(),
+        "Tokens.Example.COM:443".to_owned(),
+        "192.0.2.7:8080".to_owned(),
+    ] {
+        let reply = raw(
+            server.addr,
+            "POST",
+            "/token",
+            &[("host", &host), ("authorization", &auth)],
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{host}: {}", reply.body);
+    }
+}
+
+#[test]
+fn allowed_hosts_are_parsed_strictly() {
+    for value in [
+        "https://tokens.example.com",
+        "tokens.example.com:443",
+        "tokens.example.com,",
+        "tokens example.com",
+        "*.example.com",
+        "[::1]:3000",
+    ] {
+        let mut vars = env(&required());
+        vars.insert("ALLOWED_HOSTS".into(), value.into());
+        let err = Config::from_env_map(&vars)
+            .err()
+            .unwrap_or_else(|| panic!("{value:?} accepted"));
+        assert!(err.contains("ALLOWED_HOSTS entry"), "{value:?}: {err}");
+    }
+    let mut vars = env(&required());
+    vars.insert(
+        "ALLOWED_HOSTS".into(),
+        "[::1], ::1, Tokens.Example.com".into(),
+    );
+    assert!(Config::from_env_map(&vars).is_ok());
+}
+
+#[test]
+fn a_bind_that_is_not_loopback_needs_allow_public_bind_and_a_wildcard_needs_allowed_hosts() {
+    let with = |pairs: &[(&'static str, &'static str)]| {
+        let mut vars = required();
+        vars.extend_from_slice(pairs);
+        Config::from_env_map(&env(&vars))
+    };
+    let err = with(&[("BIND", "192.0.2.7:3000")]).err().unwrap();
+    assert!(err.contains("ALLOW_PUBLIC_BIND=1"), "{err}");
+    assert!(err.contains("TLS"), "{err}");
+    let err = with(&[("BIND", "0.0.0.0:3000"), ("ALLOW_PUBLIC_BIND", "1")])
+        .err()
+        .unwrap();
+    assert!(err.contains("ALLOWED_HOSTS"), "{err}");
+    let err = with(&[("BIND", "192.0.2.7:3000"), ("ALLOW_PUBLIC_BIND", "yes")])
+        .err()
+        .unwrap();
+    assert!(err.contains("ALLOW_PUBLIC_BIND must be 1"), "{err}");
+    assert!(with(&[("BIND", "192.0.2.7:3000"), ("ALLOW_PUBLIC_BIND", "1")]).is_ok());
+    assert!(with(&[
+        ("BIND", "[::]:3000"),
+        ("ALLOW_PUBLIC_BIND", "1"),
+        ("ALLOWED_HOSTS", "tokens.example.com"),
+    ])
+    .is_ok());
+    assert!(with(&[("BIND", "[::1]:3000")]).is_ok());
+}
+
+#[test]
+fn the_listening_line_says_tls_must_be_terminated_in_front_of_a_public_bind() {
+    let public = token_server::listening_line("192.0.2.7:3000".parse().unwrap());
+    assert_eq!(
+        public,
+        "token_server: listening on http://192.0.2.7:3000/token, not loopback: terminate TLS in \
+         front of it (plain http carries session keys and tokens in clear text)"
+    );
+    let local = token_server::listening_line("127.0.0.1:3000".parse().unwrap());
+    assert_eq!(
+        local,
+        "token_server: listening on http://127.0.0.1:3000/token"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
