@@ -21,6 +21,9 @@
 //! (separated by commas, no port). A bind that is not loopback needs `ALLOW_PUBLIC_BIND=1`, with TLS
 //! terminated in front of the server; one on every address (0.0.0.0, ::) needs `ALLOWED_HOSTS`.
 //!
+//! A client gets 10 s to send a request's head and may stay idle 10 s between requests; at most 256
+//! connections are served at once (`Config::header_read_timeout`, `Config::max_connections`).
+//!
 //! The session keys stand in for your app's login sessions; exactly one of:
 //! - `SESSION_KEYS`: `identity=key` entries separated by commas;
 //! - `SESSION_KEYS_FILE`: a file of `identity=key` lines (blank lines and `#` comments skipped);
@@ -39,23 +42,31 @@ use hyper::header::{
     HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST, WWW_AUTHENTICATE,
 };
 use hyper::http::uri::Authority;
+use hyper::server::conn::http1;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 const REQUIRED: [&str; 3] = [
     "TWILIO_ACCOUNT_SID",
     "TWILIO_API_KEY_SID",
     "TWILIO_API_KEY_SECRET",
 ];
+
+/// How long a client may take to send a request's head, or stay idle between requests: 10 s.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many connections are served at once: 256.
+pub const MAX_CONNECTIONS: NonZeroUsize = NonZeroUsize::new(256).unwrap();
 
 /// The shortest session key accepted: shorter ones can be guessed.
 const MIN_KEY_LEN: usize = 16;
@@ -93,6 +104,12 @@ pub struct Config {
     pub hosts: Vec<String>,
     sessions: Vec<Session>,
     pub key_source: KeySource,
+    /// How long a connection may take to send a request's head, and stay idle between requests
+    /// (default [`HEADER_READ_TIMEOUT`]).
+    pub header_read_timeout: Duration,
+    /// How many connections are served at once (default [`MAX_CONNECTIONS`]); further clients wait
+    /// in the listen queue.
+    pub max_connections: NonZeroUsize,
 }
 
 impl Config {
@@ -142,6 +159,8 @@ impl Config {
             hosts,
             sessions,
             key_source,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
         };
         // Mint once for each identity now, so that a bad SID or identity stops the server instead
         // of failing every request.
@@ -394,8 +413,20 @@ fn key_problem(key: &str) -> Option<&'static str> {
 
 /// Serves `POST /token` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, config: Config) {
+    let mut connection = http1::Builder::new();
+    // Without a timer hyper's header timeout never fires, and slow or idle clients hold their
+    // connections forever. It runs whenever the connection waits for a request's head: while one
+    // arrives, and between keep-alive requests, so it is the idle timeout too.
+    connection
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout);
+    // At the cap the server stops accepting: further clients wait in the kernel's listen queue.
+    let slots = Arc::new(Semaphore::new(config.max_connections.get()));
     let config = Arc::new(config);
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return; // the semaphore is never closed
+        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -405,16 +436,16 @@ pub async fn serve(listener: TcpListener, config: Config) {
                 continue;
             }
         };
-        let config = config.clone();
+        let (config, connection) = (config.clone(), connection.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let response = answer(&config, &request);
                 async move { Ok::<_, Infallible>(response) }
             });
-            let connection = hyper::server::conn::http1::Builder::new();
             let _ = connection
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(slot);
         });
     }
 }

@@ -444,6 +444,84 @@ fn the_listening_line_says_tls_must_be_terminated_in_front_of_a_public_bind() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Slow and idle clients: real sockets, so real time, with short timeouts and generous bounds.
+
+/// Far longer than any timeout below: a connection still open after it is being held.
+const GENEROUS: Duration = Duration::from_secs(5);
+
+/// The server with this header-read timeout and connection cap.
+async fn start_guarded(header_read_timeout: Duration, max_connections: usize) -> Running {
+    let mut config = Config::from_env_map(&every_grant()).unwrap();
+    config.header_read_timeout = header_read_timeout;
+    config.max_connections = max_connections.try_into().unwrap();
+    start_with(config).await
+}
+
+/// Whether the server closes `stream` within `within` (reading and dropping whatever it sends).
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let drain = async {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(within, drain).await.is_ok()
+}
+
+#[tokio::test]
+async fn a_client_that_sends_half_a_request_line_is_cut_off_after_the_header_timeout() {
+    let server = start_guarded(Duration::from_millis(200), 16).await;
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"POST /tok").await.unwrap();
+    assert!(closed_within(&mut slow, GENEROUS).await, "still open");
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    let server = start_guarded(Duration::from_millis(200), 16).await;
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "POST /token HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {ALICE_KEY}\r\n\
+         content-length: 0\r\n\r\n",
+        server.addr
+    );
+    idle.write_all(request.as_bytes()).await.unwrap();
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    assert!(closed_within(&mut idle, GENEROUS).await, "still open");
+}
+
+#[tokio::test]
+async fn a_client_over_the_connection_cap_is_served_once_a_connection_closes() {
+    let server = start_guarded(GENEROUS * 4, 1).await;
+    let mut holder = TcpStream::connect(server.addr).await.unwrap();
+    holder.write_all(b"POST /tok").await.unwrap();
+    // The holder takes the one connection; a second client's whole request...
+    let request = format!(
+        "POST /token HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {ALICE_KEY}\r\n\
+         connection: close\r\ncontent-length: 0\r\n\r\n",
+        server.addr
+    );
+    let mut waiting = TcpStream::connect(server.addr).await.unwrap();
+    waiting.write_all(request.as_bytes()).await.unwrap();
+    let mut first = [0u8; 12];
+    // ...is not answered while the holder's connection is open (a bound that could only make
+    // this test pass wrongly, never fail wrongly)...
+    let early = tokio::time::timeout(Duration::from_millis(300), waiting.read_exact(&mut first));
+    assert!(early.await.is_err(), "answered over the cap");
+    // ...and answered once it closes.
+    drop(holder);
+    tokio::time::timeout(GENEROUS, waiting.read_exact(&mut first))
+        .await
+        .expect("answered once a connection closed")
+        .unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Configuration.
 
 #[test]
