@@ -31,6 +31,7 @@
 //!   for each, made at start and printed once on stdout (never in the log); they end with the run.
 //!
 //! A key is at least 16 characters of visible ASCII other than `,`; no two entries share one.
+
 use access_manager::clock::{Clock, SystemClock};
 use access_manager::grants::{ChatGrant, SyncGrant, VideoGrant, VoiceGrant};
 use access_manager::{AccessToken, TokenError};
