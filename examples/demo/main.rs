@@ -196,6 +196,7 @@ async fn main() -> ExitCode {
 
     // The manager, fetching over HTTP.
     let http = HttpFetcher::builder(&url)
+        .no_proxy() // the server is on this machine, whatever proxy the environment names
         .header("Cookie", SESSION_COOKIE)
         .json_body(&serde_json::json!({ "identity": IDENTITY }))
         .timeout(Duration::from_secs(5))

@@ -6,8 +6,10 @@ use access_manager::grants::{ChatGrant, SyncGrant, VideoGrant, VoiceGrant};
 use access_manager::AccessToken;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
+use hyper::http::uri::Authority;
+use hyper::server::conn::http1;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -75,6 +77,15 @@ impl TokenServer {
     fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         let n = self.requests.fetch_add(1, Ordering::SeqCst) + 1;
         let head = format!("{} {} #{n}", request.method(), request.uri().path());
+        if !names_this_machine(request) {
+            self.timeline
+                .line("server", format!("{head} → 421 (unknown host)"));
+            return respond(
+                StatusCode::MISDIRECTED_REQUEST,
+                "text/plain",
+                "unknown host".into(),
+            );
+        }
         let cookie = request
             .headers()
             .get("cookie")
@@ -121,6 +132,18 @@ impl TokenServer {
     }
 }
 
+/// Whether the request's `Host` is this machine (the server listens on loopback only): a web page
+/// reaching it through DNS rebinding names its own host.
+fn names_this_machine(request: &Request<Incoming>) -> bool {
+    let host = request.headers().get("host").and_then(|v| v.to_str().ok());
+    let Some(authority) = host.and_then(|h| h.parse::<Authority>().ok()) else {
+        return false;
+    };
+    let target = request.uri().authority();
+    target.is_none_or(|t| t.host() == authority.host())
+        && ["127.0.0.1", "localhost"].contains(&authority.host().to_ascii_lowercase().as_str())
+}
+
 fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
@@ -132,14 +155,19 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
 }
 
 pub(super) async fn serve(listener: TcpListener, server: Arc<TokenServer>) {
+    let mut connection = http1::Builder::new();
+    // hyper's header timeout (also the idle keep-alive timeout) fires only with a timer.
+    connection
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
     while let Ok((stream, _)) = listener.accept().await {
-        let server = server.clone();
+        let (server, connection) = (server.clone(), connection.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let response = server.answer(&request);
                 async move { Ok::<_, Infallible>(response) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let _ = connection
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

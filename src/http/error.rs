@@ -44,11 +44,33 @@ pub struct HttpFetcherError {
 
 impl HttpFetcherError {
     /// What kind of failure this is.
+    ///
+    /// ```
+    /// use access_manager::http::{HttpErrorKind, HttpFetcher};
+    ///
+    /// let err = HttpFetcher::new("not a url").unwrap_err();
+    /// assert_eq!(err.kind(), HttpErrorKind::InvalidConfig);
+    /// ```
     pub fn kind(&self) -> HttpErrorKind {
         self.kind
     }
 
-    /// The HTTP status, when the server answered.
+    /// The HTTP status, when the server answered. A fetch failure carries this error as its
+    /// `source()`.
+    ///
+    /// ```
+    /// use access_manager::http::{HttpFetcher, HttpFetcherError};
+    /// use access_manager::FetchError;
+    ///
+    /// fn status_of(failure: &FetchError) -> Option<u16> {
+    ///     let source = std::error::Error::source(failure)?;
+    ///     source.downcast_ref::<HttpFetcherError>()?.status()
+    /// }
+    ///
+    /// // No server answered a configuration error.
+    /// assert_eq!(HttpFetcher::new("not a url").unwrap_err().status(), None);
+    /// # let _ = status_of;
+    /// ```
     pub fn status(&self) -> Option<u16> {
         self.status
     }

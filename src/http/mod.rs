@@ -10,7 +10,7 @@
 //! | 2xx with a token in the body | the token, whitespace trimmed |
 //! | 2xx whose body is empty, not UTF-8, an HTML page, malformed JSON, without the JSON field, or over [`MAX_BODY_LEN`] | transient failure |
 //! | 401, 403, 404, and every other 4xx except those below | permanent failure: no automatic retry |
-//! | 3xx to another origin (scheme, host or port), or without `Location` | permanent failure |
+//! | 3xx not followed: a redirect to another origin (scheme, host or port), without or with an invalid `Location`; a 304; a 3xx that is no redirect (300, 305) | permanent failure, the message says which |
 //! | 408, 425, 429, 5xx | transient failure, retried with backoff |
 //! | connection failure, timeout, more than 10 redirects, broken response | transient failure |
 //!
@@ -29,11 +29,26 @@
 //! [`FetchError::with_retry_after`], capped at [`MAX_RETRY_AFTER`].
 //!
 //! Every error message names the method, the URL without credentials, query or fragment, and the
-//! status; never a header value or the response body.
+//! status; never a header value or the response body. A configuration error numbers the bad header
+//! and names the problem, never its text: a whole `Authorization: Bearer ...` line passed as a name
+//! stays out of it.
+//!
+//! # Plain http and proxies
+//!
+//! The URL is `https`, or `http` to this machine (`localhost`, 127.0.0.0/8, `::1`): elsewhere the
+//! headers (cookies, bearer tokens) and the token would cross the network in clear text, so
+//! [`build`](HttpFetcherBuilder::build) refuses it unless
+//! [`allow_insecure_http`](HttpFetcherBuilder::allow_insecure_http) says the network is trusted.
+//!
+//! As curl does, the fetcher goes through the proxy the environment names (`HTTPS_PROXY`,
+//! `HTTP_PROXY`, `ALL_PROXY`, or their lowercase forms), except for the hosts in `NO_PROXY`; loopback
+//! is not exempt unless listed there. That proxy sees the whole request of an `http` URL, headers
+//! and token included, and the host name of an `https` one (the TLS connection is tunnelled through
+//! it). [`no_proxy`](HttpFetcherBuilder::no_proxy) connects directly.
 
 use crate::fetcher::{FetchError, FetchRequest, TokenFetcher};
 use async_trait::async_trait;
-use reqwest::header::HeaderMap;
+use reqwest::header::{HeaderMap, LOCATION};
 use reqwest::{Method, StatusCode, Url};
 use std::fmt;
 use std::time::Duration;
@@ -93,6 +108,8 @@ pub struct HttpFetcher {
     body: Option<Vec<u8>>,
     timeout: Duration,
     format: TokenFormat,
+    /// Set by [`HttpFetcherBuilder::no_proxy`]; read by `Debug` only (the client holds the rule).
+    no_proxy: bool,
 }
 
 /// Where the token is in the response body.
@@ -112,10 +129,15 @@ impl HttpFetcher {
     /// body (content type `application/json` or `*+json`), else the whole body.
     ///
     /// ```
-    /// use access_manager::http::HttpFetcher;
+    /// use access_manager::http::{HttpErrorKind, HttpFetcher};
     ///
     /// let fetcher = HttpFetcher::new("https://app.example.com/token")?;
-    /// # let _ = fetcher;
+    /// assert!(format!("{fetcher:?}").contains("method: GET"));
+    ///
+    /// // Plain http only to this machine.
+    /// assert!(HttpFetcher::new("http://127.0.0.1:3000/token").is_ok());
+    /// let err = HttpFetcher::new("http://app.example.com/token").unwrap_err();
+    /// assert_eq!(err.kind(), HttpErrorKind::InvalidConfig);
     /// # Ok::<(), access_manager::http::HttpFetcherError>(())
     /// ```
     ///
@@ -125,7 +147,20 @@ impl HttpFetcher {
         Self::builder(url).build()
     }
 
-    /// Starts configuring a fetcher for `url` (`http` or `https`). Every setting has a default.
+    /// Starts configuring a fetcher for `url`: `https`, or `http` to this machine (`localhost`,
+    /// 127.0.0.0/8, `::1`) unless [`HttpFetcherBuilder::allow_insecure_http`] is called. Every
+    /// setting has a default; the URL and the settings are checked by
+    /// [`build`](HttpFetcherBuilder::build).
+    ///
+    /// ```
+    /// use access_manager::http::HttpFetcher;
+    ///
+    /// let fetcher = HttpFetcher::builder("https://app.example.com/token")
+    ///     .header("Cookie", "session=abc123")
+    ///     .build()?;
+    /// assert_eq!(fetcher.url(), "https://app.example.com/token");
+    /// # Ok::<(), access_manager::http::HttpFetcherError>(())
+    /// ```
     pub fn builder(url: impl AsRef<str>) -> HttpFetcherBuilder {
         HttpFetcherBuilder {
             url: url.as_ref().to_owned(),
@@ -134,10 +169,20 @@ impl HttpFetcher {
             body: None,
             timeout: DEFAULT_TIMEOUT,
             format: TokenFormat::Auto,
+            allow_insecure_http: false,
+            no_proxy: false,
         }
     }
 
-    /// The URL requested, without credentials, query or fragment.
+    /// The URL requested, without credentials, query or fragment: safe to log.
+    ///
+    /// ```
+    /// use access_manager::http::HttpFetcher;
+    ///
+    /// let fetcher = HttpFetcher::new("https://user:pw@app.example.com/token?key=s3cret#top")?;
+    /// assert_eq!(fetcher.url(), "https://app.example.com/token");
+    /// # Ok::<(), access_manager::http::HttpFetcherError>(())
+    /// ```
     pub fn url(&self) -> String {
         redact(&self.url)
     }
@@ -158,7 +203,7 @@ impl HttpFetcher {
             .map_err(|e| FetchError::transient(self.transport_error(e, None)))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(self.status_error(status, response.headers()));
+            return Err(self.status_error(status, response.headers(), response.url()));
         }
         let default_path = [DEFAULT_JSON_FIELD.to_owned()];
         let json_path: Option<&[String]> = match &self.format {
@@ -237,9 +282,10 @@ impl HttpFetcher {
         }
     }
 
-    fn status_error(&self, status: StatusCode, headers: &HeaderMap) -> FetchError {
+    /// `url` is the one answered: the configured URL, or where same-origin redirects led.
+    fn status_error(&self, status: StatusCode, headers: &HeaderMap, url: &Url) -> FetchError {
         let detail = if status.is_redirection() {
-            "redirect to another origin not followed (a login page?)".into()
+            self.unfollowed_redirect(status, headers, url).into()
         } else {
             String::new()
         };
@@ -260,6 +306,33 @@ impl HttpFetcher {
         match retry_after(headers) {
             Some(after) => error.with_retry_after(after),
             None => error,
+        }
+    }
+
+    /// Why a 3xx answer was not followed. Never the `Location` itself: it may hold a credential.
+    fn unfollowed_redirect(&self, status: StatusCode, headers: &HeaderMap, url: &Url) -> &str {
+        match status {
+            StatusCode::NOT_MODIFIED => {
+                "not modified, yet the request was not conditional (a caching proxy?)"
+            }
+            StatusCode::MOVED_PERMANENTLY
+            | StatusCode::FOUND
+            | StatusCode::SEE_OTHER
+            | StatusCode::TEMPORARY_REDIRECT
+            | StatusCode::PERMANENT_REDIRECT => {
+                let Some(location) = headers.get(LOCATION) else {
+                    return "redirect without a Location header";
+                };
+                let to = location.to_str().ok().and_then(|l| url.join(l).ok());
+                match to {
+                    None => "redirect to an invalid Location",
+                    Some(to) if origin(&to) != origin(&self.url) => {
+                        "redirect to another origin not followed (a login page?)"
+                    }
+                    Some(_) => "redirect not followed",
+                }
+            }
+            _ => "not a redirect the fetcher follows (301, 302, 303, 307 or 308)",
         }
     }
 
@@ -352,6 +425,7 @@ impl fmt::Debug for HttpFetcher {
             )
             .field("timeout", &self.timeout)
             .field("format", &self.format)
+            .field("proxy", &builder::proxy(self.no_proxy))
             .finish()
     }
 }

@@ -19,6 +19,9 @@ fn demo_survives_its_outage_and_key_rotation_and_feeds_every_client() {
     assert!(binary.exists(), "{} is missing", binary.display());
     let output = Command::new(&binary)
         .args(["--ttl", "6", "--lead", "3", "--cycles", "2"])
+        // A proxy that refuses every connection: the demo's fetcher must not go through it.
+        .env("HTTP_PROXY", "http://127.0.0.1:9")
+        .env("ALL_PROXY", "http://127.0.0.1:9")
         .output()
         .expect("the demo starts");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -83,4 +86,38 @@ fn demo_refuses_bad_flags() {
             .expect("the demo starts");
         assert_eq!(output.status.code(), Some(2), "{args:?}");
     }
+}
+
+#[test]
+fn the_demos_token_server_refuses_a_request_naming_another_host() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut demo = Command::new(demo_binary())
+        .args(["--ttl", "6", "--lead", "3", "--cycles", "2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the demo starts");
+    // Kept open until the demo is killed: it prints on.
+    let mut stdout = BufReader::new(demo.stdout.take().unwrap());
+    let addr = stdout
+        .by_ref()
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            let rest = line.split("token server  POST http://").nth(1)?;
+            Some(rest.split('/').next()?.to_owned())
+        })
+        .expect("the demo prints its token server's address");
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "POST /token HTTP/1.1\r\nhost: rebound.attacker.example\r\ncookie: session=demo-session-7f3a\r\n\
+         connection: close\r\ncontent-length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let _ = demo.kill();
+    let _ = demo.wait();
+    assert!(response.starts_with("HTTP/1.1 421"), "{response}");
+    assert!(!response.contains("eyJ"), "{response}");
 }

@@ -677,6 +677,45 @@ async fn a_redirect_to_another_origin_is_a_permanent_failure_and_sends_nothing_t
 }
 
 #[tokio::test]
+async fn an_unfollowed_3xx_reports_what_happened_not_another_origin() {
+    let server = Server::start(|_, r| {
+        let (status, location) = match r.path.as_str() {
+            "/not-modified" => (304, None),
+            "/no-location" => (302, None),
+            "/bad-location" => (301, Some("http://[::1")),
+            _ => (300, Some("/choice")),
+        };
+        Reply::Full {
+            status,
+            headers: location
+                .map(|l| ("location", l.to_owned()))
+                .into_iter()
+                .collect(),
+            body: Vec::new(),
+        }
+    })
+    .await;
+    for (path, status, says) in [
+        (
+            "/not-modified",
+            304,
+            "not modified, yet the request was not conditional",
+        ),
+        ("/no-location", 302, "redirect without a Location header"),
+        ("/bad-location", 301, "redirect to an invalid Location"),
+        ("/multiple", 300, "not a redirect the fetcher follows"),
+    ] {
+        let fetcher = HttpFetcher::new(server.url(path)).unwrap();
+        let err = failure(&fetcher).await;
+        assert!(err.is_permanent(), "{path}: {err}");
+        assert_eq!(http_error(&err).status(), Some(status), "{path}");
+        let msg = err.to_string();
+        assert!(msg.contains(says), "{path}: {msg}");
+        assert!(!msg.contains("another origin"), "{path}: {msg}");
+    }
+}
+
+#[tokio::test]
 async fn endless_same_origin_redirects_are_a_transient_failure() {
     let server = Server::always(|| Reply::Full {
         status: 302,
@@ -756,7 +795,7 @@ fn invalid_settings_are_refused_at_build_without_echoing_values() {
     );
     assert_eq!(
         kind(
-            HttpFetcher::builder("http://h/")
+            HttpFetcher::builder("https://h/")
                 .timeout(Duration::ZERO)
                 .build()
         ),
@@ -764,19 +803,87 @@ fn invalid_settings_are_refused_at_build_without_echoing_values() {
     );
     assert_eq!(
         kind(
-            HttpFetcher::builder("http://h/")
+            HttpFetcher::builder("https://h/")
                 .json_field("data..token")
                 .build()
         ),
         HttpErrorKind::InvalidConfig
     );
-    let err = HttpFetcher::builder("http://h/")
+    let err = HttpFetcher::builder("https://h/")
         .header("Cookie", "secret\nvalue")
         .build()
         .unwrap_err();
     assert_eq!(err.kind(), HttpErrorKind::InvalidConfig);
     assert!(err.to_string().contains("cookie"), "{err}");
     assert!(!err.to_string().contains("secret"), "{err}");
+}
+
+#[test]
+fn a_header_error_names_the_problem_never_the_text() {
+    let bad_name = HttpFetcher::builder("https://h/")
+        .header("X-Ok", "fine")
+        .header("Authorization: Bearer s3cret", "");
+    let debug = format!("{bad_name:?}");
+    assert!(!debug.contains("s3cret"), "{debug}");
+    let err = bad_name.build().unwrap_err();
+    assert_eq!(err.kind(), HttpErrorKind::InvalidConfig);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("header 2: the name holds a character a header name cannot"),
+        "{msg}"
+    );
+    for text in [&msg, &format!("{err:?}")] {
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(!text.contains("Bearer"), "{text}");
+    }
+    let empty = HttpFetcher::builder("https://h/").header("", "v").build();
+    assert!(
+        empty
+            .unwrap_err()
+            .to_string()
+            .contains("header 1: the name is empty"),
+        "an empty name"
+    );
+    for builder in [
+        HttpFetcher::builder("https://h/").bearer_auth("s3cret\r\nX-Injected: 1"),
+        HttpFetcher::builder("https://h/").header("X-Api-Key", "s3cret\u{7f}"),
+    ] {
+        let msg = builder.build().unwrap_err().to_string();
+        assert!(msg.contains("the value holds a character"), "{msg}");
+        assert!(!msg.contains("s3cret"), "{msg}");
+    }
+}
+
+#[test]
+fn plain_http_is_refused_at_build_unless_the_host_is_loopback_or_it_is_allowed() {
+    for url in [
+        "http://app.example.com/token",
+        "http://10.0.0.1:3000/token",
+        "http://127.0.0.1.nip.io/token",
+        "http://localhost.example.com/token",
+        "http://0.0.0.0:3000/token",
+    ] {
+        let err = HttpFetcher::new(url).unwrap_err();
+        assert_eq!(err.kind(), HttpErrorKind::InvalidConfig, "{url}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("plain http to a host that is not loopback"),
+            "{url}: {msg}"
+        );
+        assert!(msg.contains("allow_insecure_http"), "{url}: {msg}");
+        let allowed = HttpFetcher::builder(url).allow_insecure_http().build();
+        assert!(allowed.is_ok(), "{url}: {allowed:?}");
+    }
+    for url in [
+        "http://127.0.0.1:3000/token",
+        "http://127.4.5.6/token",
+        "http://[::1]:3000/token",
+        "http://localhost/token",
+        "http://LOCALHOST:8080/token",
+        "https://app.example.com/token",
+    ] {
+        assert!(HttpFetcher::new(url).is_ok(), "{url}");
+    }
 }
 
 #[test]
