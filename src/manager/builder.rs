@@ -1,6 +1,6 @@
 //! [`AccessManagerBuilder`]: configuring and starting a manager.
 
-use super::driver::{Config, Driver};
+use super::driver::{Config, Driver, Start};
 use super::error::BuildError;
 use super::shared::Shared;
 use super::{AccessManager, Handle};
@@ -240,11 +240,7 @@ impl AccessManagerBuilder {
                 Some(token)
             }
         };
-        let shared = Arc::new(Shared::new(
-            clock,
-            self.fetcher.is_some(),
-            self.event_capacity,
-        ));
+        let shared = Arc::new(Shared::new(clock, self.event_capacity));
         let seed = self.seed.unwrap_or_else(|| seed_from(now, shared.key()));
         let events = subscribe.then(|| shared.subscribe());
         let config = Config {
@@ -253,14 +249,17 @@ impl AccessManagerBuilder {
             fetch_timeout: self.fetch_timeout,
             consumer_timeout: self.consumer_timeout,
             backoff: self.backoff,
-            seed,
             limiter: self.limiter,
             refresh_jitter: self.refresh_jitter,
             estimate_clock_skew: self.estimate_clock_skew,
+        };
+        let start = Start {
+            initial,
             store: self.store,
+            seed,
         };
         // The task is the driver: it ends when the last handle is dropped or on `shutdown()`.
-        runtime.spawn(Driver::new(config, shared.clone(), initial));
+        runtime.spawn(Driver::new(config, shared.clone(), start));
         let manager = AccessManager {
             handle: Arc::new(Handle { shared }),
         };

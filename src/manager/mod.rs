@@ -29,12 +29,11 @@ use crate::{AccessToken, TokenConsumer};
 use call::Held;
 use error::{RefreshError, UpdateError, UpdateReport};
 use plugin::Role;
-use service::{decide, ServiceAction, Situation};
-use shared::{Command, Registration, Shared};
+use service::ServiceAction;
+use shared::{shift, Command, Registration, Shared};
 use stats::Stats;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
@@ -150,7 +149,10 @@ impl AccessManager {
     /// [`estimate_clock_skew`](AccessManagerBuilder::estimate_clock_skew) is on); `false` while
     /// there is none.
     pub fn is_expired(&self) -> bool {
-        self.with_token(|t| t.is_some_and(|t| self.shared().token_now() >= t.expires_at()))
+        let current = self.shared().current.load();
+        current.as_ref().is_some_and(|p| {
+            shift(self.shared().clock.now(), p.applied_offset) >= p.token.expires_at()
+        })
     }
 
     /// The estimated offset of the token issuer's clock from the manager's clock, in seconds
@@ -301,55 +303,60 @@ impl AccessManager {
 
     /// Tells the manager that a service refused its current token with Twilio error `code` (an
     /// SDK's `tokenAboutToExpire`/`updateToken` error, an HTTP 401 body's code), and answers what
-    /// it does about it:
+    /// it does about it: [`Refresh`](ServiceAction::Refresh) (a new token is fetched),
+    /// [`Permanent`](ServiceAction::Permanent) (no automatic fetch until [`refresh`](Self::refresh)
+    /// or [`update_token`](Self::update_token)) or [`Ignore`](ServiceAction::Ignore). Which code
+    /// leads to which action is the rule documented on [`ServiceAction`].
     ///
-    /// | codes | meaning | action |
-    /// |---|---|---|
-    /// | 20104, 20105, 51215 | expired, not yet valid, unauthorized: a new token fixes it | `Refresh` |
-    /// | 20101, 20102, 20103, 20106, 20107, 20151, 20157, 20160, 51007 | the backend mints tokens the service refuses | `Refresh` the first time, `Permanent` when the next token is refused too |
-    /// | anything else; any code without a fetcher | nothing about the token | `Ignore` |
+    /// The report is sent when this is called and the manager's task decides, after every command
+    /// sent before it (a `refresh()` that resumed fetching, a pushed token), about the token
+    /// current then. Every report is an [`Event::ServiceRejected`](crate::Event::ServiceRejected).
+    /// `Ignore` after shutdown.
     ///
-    /// `Refresh` fetches at once (reason `Rejected { code }`), joining a fetch in flight, and the
-    /// refused token is not delivered again; when the token that replaced a refused one is refused
-    /// too, the fetch waits a backoff instead (growing with each token refused in a row), so that a
-    /// service refusing every token does not make the manager loop. `Permanent` stops automatic fetching until
-    /// [`refresh`](Self::refresh) or [`update_token`](Self::update_token). Every report is an
-    /// [`Event::ServiceRejected`](crate::Event::ServiceRejected). `Ignore` after shutdown. See
-    /// [`ServiceAction`] for the whole rule.
+    /// # Cancel safety
+    /// The report is sent when this is called; dropping the future loses only the answer.
     ///
     /// ```
-    /// use access_manager::{fetcher_fn, AccessManager, FetchError, ServiceAction};
+    /// use access_manager::{clock::ManualClock, fetcher_fn, AccessManager, AccessToken};
+    /// use access_manager::{FetchError, ServiceAction};
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::time::{Duration, UNIX_EPOCH};
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// let minted = AtomicU64::new(0);
+    /// let fetcher = fetcher_fn(move |_| {
+    ///     let n = minted.fetch_add(1, Ordering::SeqCst); // each token issued a second later
+    ///     let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                                    "SKfedcba9876543210fedcba9876543210", "secret")
+    ///         .issued_at(start + Duration::from_secs(n))
+    ///         .to_jwt()
+    ///         .map_err(FetchError::permanent);
+    ///     async move { jwt }
+    /// });
     /// let manager = AccessManager::builder()
-    ///     .fetcher(fetcher_fn(|_| async { Err::<String, _>(FetchError::transient("offline")) }))
+    ///     .clock(ManualClock::new(start))
+    ///     .fetcher(fetcher)
     ///     .build()
     ///     .unwrap();
-    /// // No token yet: nothing to refuse.
-    /// assert_eq!(manager.report_service_error(51215), ServiceAction::Ignore);
+    /// let first = manager.refresh().await.unwrap();
+    /// // The voice service says the token is unauthorized (51215): a new one is fetched.
+    /// assert_eq!(manager.report_service_error(51215).await, ServiceAction::Refresh);
+    /// // `fresh_token` never answers a refused token: it waits for the new one.
+    /// let second = manager.fresh_token(Duration::ZERO).await.unwrap();
+    /// assert_ne!(second, first);
+    /// // A code that says nothing about the token changes nothing.
+    /// assert_eq!(manager.report_service_error(20003).await, ServiceAction::Ignore);
     /// # }
     /// ```
-    pub fn report_service_error(&self, code: u32) -> ServiceAction {
-        let shared = self.shared();
-        let generation = shared.current.load().as_ref().map(|p| p.generation);
-        let situation = Situation {
-            has_fetcher: shared.has_fetcher,
-            current: generation,
-            invalid_strike: shared.invalid_strike.load(Ordering::Acquire),
-            halted: shared.halted.load(Ordering::Acquire),
-        };
-        let generation = generation.unwrap_or(0);
-        let action = decide(code, generation, situation);
-        let sent = shared.send(Command::ServiceRefused {
-            code,
-            generation,
-            action,
-        });
-        if sent {
-            action
-        } else {
-            ServiceAction::Ignore
-        }
+    pub fn report_service_error(
+        &self,
+        code: u32,
+    ) -> impl Future<Output = ServiceAction> + Send + 'static {
+        let (reply, answer) = oneshot::channel();
+        // Unsent after shutdown: the dropped reply answers `Ignore`.
+        self.shared().send(Command::ServiceRefused { code, reply });
+        async move { answer.await.unwrap_or(ServiceAction::Ignore) }
     }
 
     /// Signs out: forgets the token (`token()` is `None`), cancels the timers and any fetch (its
