@@ -1,11 +1,90 @@
 //! The [`AccessManager`] handle: the public face of one manager.
 //!
 //! One manager holds one identity's token. Its driver (`driver`) is the only owner of the manager's
-//! state and runs as the manager's task; a handle reads what the driver publishes (the token, the
-//! counters) and sends it commands through the mailbox (`shared`). Modules import one way:
-//! `builder` → the handle (this file) and `driver`; `driver` → `fanout`; the handle, `driver` and
-//! `fanout` → `shared` (the mailbox and what the driver publishes) → `call` (one consumer call) →
-//! `plugin`; and any of them → the leaves `service`, `stats`, `error`.
+//! state and runs as the manager's task; a handle reads what the driver publishes (the token with
+//! the clock offset it is judged by, the counters) and sends it commands through the mailbox
+//! (`shared`). Modules import one way: `builder` → the handle (this file) and `driver`; `driver` →
+//! `fanout`; the handle, `driver` and `fanout` → `shared` (the mailbox and what the driver
+//! publishes) → `call` (one consumer call) → `plugin`; and any of them → the leaves `service`,
+//! `stats`, `error`.
+//!
+//! # The states a manager can be in
+//!
+//! The driver's state is two small enums, each moved by one function; everything else it holds
+//! (the consumers, the store, the armed timer) serves them.
+//!
+//! ```text
+//! the token (Driver::current, Phase; moved by on_time on the wall clock)
+//!
+//!   None ──install──▶ Fresh ──exp − refresh_ahead──▶ WillExpire ──exp──▶ Expired
+//!    ▲                  └──────────── a new token installed: Fresh again ◀───┘
+//!    └── sign_out (any phase)          a service's refusal marks it `refused` (not delivered again)
+//!
+//! automatic fetching (Driver::fetching: Fetching; planned by Driver::plan)
+//!
+//!   Idle       no fetcher, or the stored token is being read
+//!   Planned    { reason, attempt, at: wall-clock instant, wait: Backoff | Spacing (elapsed) }
+//!                ──due (instant reached, wait over; a Spacing is over once the token expired)──▶
+//!   InFlight   { reason, attempt, waiters, halt_after }   one at a time; refresh() joins it
+//!                ──token taken──▶ Planned(WillExpire at the refresh point, Spacing: half its life)
+//!                ──failed──▶ Planned(same reason, attempt + 1, Backoff)  or Halted if permanent
+//!   Halted     until refresh() or update_token(): a permanent failure, Permanent, sign_out
+//! ```
+//!
+//! Who moves what: commands (in mailbox order, after the token's phase caught up with the clock)
+//! install tokens, start or join fetches and halt; the automatic fetch starts last in a turn, so
+//! that it sees what the commands changed.
+//!
+//! # Behaviour
+//!
+//! What the manager promises; tests name the number they check (`b7_…`, "behaviour 7").
+//!
+//! 1. An offered token (`update_token`) is parsed and validated at the clock's now: a malformed,
+//!    expired, not yet valid or over-24 h token, or one for another identity or account than the
+//!    one held, is an `Err` and a `TokenRejected` event, and changes nothing else.
+//! 2. The token held, offered again: `Ok` with `changed() == false`, and nothing happens.
+//! 3. A new valid token becomes current, then `TokenUpdated`, then every consumer gets it;
+//!    `update_token` returns once each consumer answered or timed out (10 s by default).
+//! 4. Each token's events come Updated → WillExpire (at `exp − refresh_ahead`, or at once when less
+//!    is left) → Expired (at `exp`), each at most once, and none once it is replaced.
+//! 5. With a fetcher and no token, the manager fetches at once (`Initial`); `refresh()` and
+//!    `fresh_token()` join that fetch. It fetches again at WillExpire, and with `Expired` past
+//!    `exp`. A failure keeps the token, says `RefreshFailed` with the next attempt's time, and is
+//!    retried with backoff and jitter (1 s doubling to 60 s) for as long as the manager lives; a
+//!    retry keeps the reason of the fetch it retries.
+//! 6. One fetch at a time, joined by `refresh()` and `fresh_token()`, each bounded by a timeout
+//!    (30 s); a fetcher that panics or hangs is a transient failure. A permanent failure stops
+//!    automatic fetching until `refresh()` or `update_token()`.
+//! 7. A fetcher handing out short tokens (or handing back the one held) does not make the manager
+//!    loop: the next automatic fetch waits half the token's remaining life, at least 1 s.
+//! 8. Each consumer gets tokens in order and, when busy, only the newest; a slow, failing or
+//!    panicking consumer harms no other and is a `ConsumerFailed` event and a report row, as is a
+//!    consumer skipped for lacking its required grant.
+//! 9. Consumers are held weakly (dropping the app's `Arc` unregisters); one registered while a
+//!    token is current gets it promptly.
+//! 10. `fresh_token(min)` answers the held token at once when it has `min` left (with or without a
+//!     fetcher), else the result of a fetch; never `Ok` with less than `min` (`TooShort` carries the
+//!     best token).
+//! 11. A wall-clock jump past `exp` (a suspend, a clock change) is noticed within one sleep slice:
+//!     WillExpire and Expired fire and fetching starts.
+//! 12. `shutdown()` or the last handle dropped stops the task: no plugin call and no event after
+//!     `Closed`, nothing left running, and every later call answers `Closed` (or `Ignore`).
+//! 13. No log, print or error shows a token's signature or a secret, and no copy of a token is kept
+//!     once it is replaced, signed out or its manager is gone.
+//! 14. A plugin that calls its own manager never waits for itself; one that needs its manager
+//!     holds a `WeakAccessManager`.
+//! 15. Timeouts, backoff and spacing run on elapsed time: a wall-clock change neither stretches
+//!     nor shortens them.
+//! 16. Every fact has one writer: the driver decides (service reports too, in mailbox order) and
+//!     publishes; handles read the snapshot. `unregister` answers `true` for every registered
+//!     consumer, and `consumer_count()` converges to the live ones.
+//! 17. When `sign_out()` returns the store holds no token, no save lands after a clear or after
+//!     `shutdown()`, and a blocking or failing store never stops fetching.
+//! 18. A spacing wait only guards a token that is still valid: once the wall clock says the token
+//!     expired, fetching starts at once (after a wake, within one slice; at once on `resume()`).
+//! 19. No event, queue or buffer keeps a replaced token.
+//! 20. Dropping user code (a timed-out call, a fetcher, a consumer) never closes the manager, even
+//!     when its `Drop` panics.
 
 mod builder;
 mod call;
