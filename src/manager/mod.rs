@@ -159,6 +159,19 @@ pub struct WeakAccessManager {
 
 impl WeakAccessManager {
     /// The manager, if any strong handle to it is left.
+    ///
+    /// ```
+    /// use access_manager::{AccessManager, AccessToken};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").identity("alice").to_jwt().unwrap();
+    /// let manager = AccessManager::builder().initial_token(jwt).build().unwrap();
+    /// let weak = manager.downgrade();
+    /// assert_eq!(weak.upgrade().unwrap().identity().as_deref(), Some("alice"));
+    /// drop(manager);
+    /// assert!(weak.upgrade().is_none());
+    /// # }
+    /// ```
     pub fn upgrade(&self) -> Option<AccessManager> {
         self.handle.upgrade().map(|handle| AccessManager { handle })
     }
@@ -189,6 +202,18 @@ impl AccessManager {
     }
 
     /// A handle that does not keep the manager alive.
+    ///
+    /// ```
+    /// use access_manager::AccessManager;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let manager = AccessManager::builder().build().unwrap();
+    /// let weak = manager.downgrade();
+    /// assert!(weak.upgrade().is_some());
+    /// drop(manager);
+    /// assert!(weak.upgrade().is_none()); // the weak handle kept nothing alive
+    /// # }
+    /// ```
     pub fn downgrade(&self) -> WeakAccessManager {
         WeakAccessManager {
             handle: Arc::downgrade(&self.handle),
@@ -198,6 +223,18 @@ impl AccessManager {
     /// The current token (possibly expired; see [`is_expired`](Self::is_expired)), or `None` before
     /// the first one, after [`sign_out`](Self::sign_out) and after shutdown. Lock-free: never
     /// blocks, never awaits.
+    ///
+    /// ```
+    /// use access_manager::{AccessManager, AccessToken};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").identity("alice").to_jwt().unwrap();
+    /// let manager = AccessManager::builder().build().unwrap();
+    /// assert!(manager.token().is_none());
+    /// manager.update_token(&jwt).await.unwrap();
+    /// assert_eq!(manager.token().unwrap().as_str(), jwt);
+    /// # }
+    /// ```
     pub fn token(&self) -> Option<AccessToken> {
         self.shared()
             .current
@@ -208,17 +245,56 @@ impl AccessManager {
 
     /// Calls `f` with the current token, borrowed rather than cloned. Lock-free; `f` may read
     /// managers itself.
+    ///
+    /// ```
+    /// use access_manager::{AccessManager, AccessToken};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").identity("alice").to_jwt().unwrap();
+    /// let manager = AccessManager::builder().initial_token(&jwt).build().unwrap();
+    /// // An SDK call that only needs to read the token text: no clone.
+    /// let header = manager.with_token(|t| t.map(|t| format!("Bearer {}", t.as_str())));
+    /// assert_eq!(header, Some(format!("Bearer {jwt}")));
+    /// # }
+    /// ```
     pub fn with_token<R>(&self, f: impl FnOnce(Option<&AccessToken>) -> R) -> R {
         let current = self.shared().current.load();
         f(current.as_ref().map(|p| &p.token))
     }
 
     /// The current token's identity.
+    ///
+    /// ```
+    /// use access_manager::{AccessManager, AccessToken};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").identity("alice").to_jwt().unwrap();
+    /// let manager = AccessManager::builder().initial_token(jwt).build().unwrap();
+    /// assert_eq!(manager.identity().as_deref(), Some("alice"));
+    /// # }
+    /// ```
     pub fn identity(&self) -> Option<String> {
         self.with_token(|t| t.and_then(|t| t.identity().map(str::to_owned)))
     }
 
     /// When the current token expires.
+    ///
+    /// ```
+    /// use access_manager::{clock::ManualClock, AccessManager, AccessToken};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// let clock = ManualClock::new(start);
+    /// let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret")
+    ///     .issued_at(start)
+    ///     .ttl(Duration::from_secs(3600))
+    ///     .to_jwt()
+    ///     .unwrap();
+    /// let manager = AccessManager::builder().clock(clock).initial_token(jwt).build().unwrap();
+    /// assert_eq!(manager.expires_at(), Some(start + Duration::from_secs(3600)));
+    /// # }
+    /// ```
     pub fn expires_at(&self) -> Option<SystemTime> {
         self.with_token(|t| t.map(AccessToken::expires_at))
     }
@@ -227,6 +303,25 @@ impl AccessManager {
     /// clock's now, shifted by the issuer's clock offset when
     /// [`estimate_clock_skew`](AccessManagerBuilder::estimate_clock_skew) is on); `false` while
     /// there is none.
+    ///
+    /// ```
+    /// use access_manager::{clock::ManualClock, AccessManager, AccessToken};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// let clock = ManualClock::new(start);
+    /// let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret")
+    ///     .issued_at(start)
+    ///     .ttl(Duration::from_secs(3600))
+    ///     .to_jwt()
+    ///     .unwrap();
+    /// let manager = AccessManager::builder().clock(clock.clone()).initial_token(jwt).build().unwrap();
+    /// assert!(!manager.is_expired());
+    /// clock.advance(Duration::from_secs(3600)); // at `exp` the token is expired
+    /// assert!(manager.is_expired());
+    /// # }
+    /// ```
     pub fn is_expired(&self) -> bool {
         let current = self.shared().current.load();
         current.as_ref().is_some_and(|p| {
@@ -237,11 +332,49 @@ impl AccessManager {
     /// The estimated offset of the token issuer's clock from the manager's clock, in seconds
     /// (positive: the issuer is ahead), from the `iat` (else `nbf`) of the last fetched token that
     /// had one. `None` before any.
+    ///
+    /// ```
+    /// use access_manager::{clock::ManualClock, fetcher_fn, AccessManager, AccessToken, FetchError};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// // The backend's clock is 10 minutes ahead of the device's.
+    /// let fetcher = fetcher_fn(move |_| {
+    ///     let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret")
+    ///         .issued_at(start + Duration::from_secs(600))
+    ///         .to_jwt()
+    ///         .map_err(FetchError::permanent);
+    ///     async move { jwt }
+    /// });
+    /// let manager = AccessManager::builder()
+    ///     .clock(ManualClock::new(start))
+    ///     .fetcher(fetcher)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(manager.clock_offset(), None);
+    /// manager.refresh().await.unwrap();
+    /// assert_eq!(manager.clock_offset(), Some(600));
+    /// # }
+    /// ```
     pub fn clock_offset(&self) -> Option<i64> {
         self.shared().clock_offset()
     }
 
     /// The manager's clock.
+    ///
+    /// ```
+    /// use access_manager::{clock::{Clock, ManualClock}, AccessManager};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// let clock = ManualClock::new(start);
+    /// let manager = AccessManager::builder().clock(clock.clone()).build().unwrap();
+    /// clock.advance(Duration::from_secs(5));
+    /// assert_eq!(manager.clock().now(), start + Duration::from_secs(5));
+    /// # }
+    /// ```
     pub fn clock(&self) -> &dyn Clock {
         &*self.shared().clock
     }
@@ -271,6 +404,22 @@ impl AccessManager {
     ///
     /// # Cancel safety
     /// The update is sent when this is called; dropping the future loses only the report.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use access_manager::{AccessManager, AccessToken, UpdateError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").identity("alice").to_jwt().unwrap();
+    /// let manager = AccessManager::builder().build().unwrap();
+    /// assert!(manager.update_token(&jwt).await.unwrap().changed());
+    /// assert!(!manager.update_token(&jwt).await.unwrap().changed()); // the same token again
+    /// let refused = manager.update_token("not a token").await;
+    /// assert!(matches!(refused, Err(UpdateError::Invalid(_))));
+    /// assert_eq!(manager.token().unwrap().as_str(), jwt); // kept
+    /// # }
+    /// ```
     pub fn update_token(
         &self,
         jwt: impl AsRef<str>,
@@ -312,6 +461,26 @@ impl AccessManager {
     /// is kept, and automatic retries go on unless the failure is permanent); `SignedOut` when a sign-out cancels the fetch;
     /// `Reentrant` from inside this manager's own fetcher (it would wait for itself); `Closed`
     /// after shutdown.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use access_manager::{fetcher_fn, AccessManager, AccessToken, FetchError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // Your backend call goes here; this one mints tokens locally.
+    /// let fetcher = fetcher_fn(|_request| async {
+    ///     AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret")
+    ///         .identity("alice")
+    ///         .to_jwt()
+    ///         .map_err(FetchError::permanent)
+    /// });
+    /// let manager = AccessManager::builder().fetcher(fetcher).build().unwrap();
+    /// let token = manager.refresh().await.unwrap();
+    /// assert_eq!(token.identity(), Some("alice"));
+    /// assert_eq!(manager.token(), Some(token));
+    /// # }
+    /// ```
     pub async fn refresh(&self) -> Result<AccessToken, RefreshError> {
         self.request_fetch(None).await
     }
@@ -326,6 +495,24 @@ impl AccessManager {
     /// token has less than `min_remaining` left. From inside this manager's own fetcher, the held
     /// token when it qualifies, else `Reentrant`. `Closed` after shutdown, even when the held token
     /// qualifies.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use access_manager::{AccessManager, AccessToken, RefreshError};
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").identity("alice").to_jwt().unwrap();
+    /// let manager = AccessManager::builder().initial_token(&jwt).build().unwrap();
+    /// // About an hour left: enough for a 5-minute call.
+    /// let token = manager.fresh_token(Duration::from_secs(300)).await.unwrap();
+    /// assert_eq!(token.as_str(), jwt);
+    /// // Two hours are more than it has, and without a fetcher there is no other.
+    /// let longer = manager.fresh_token(Duration::from_secs(7200)).await;
+    /// assert!(matches!(longer, Err(RefreshError::NoFetcher)));
+    /// # }
+    /// ```
     pub async fn fresh_token(&self, min_remaining: Duration) -> Result<AccessToken, RefreshError> {
         self.request_fetch(Some(min_remaining)).await
     }
@@ -351,6 +538,32 @@ impl AccessManager {
     /// next token, or when registrations have doubled the list since it last looked). `Arc<dyn TokenConsumer>` works too. After
     /// shutdown nothing is registered. A consumer that needs its manager holds a
     /// [`WeakAccessManager`], not an `AccessManager`.
+    ///
+    /// ```
+    /// use access_manager::{async_trait, AccessManager, AccessToken, ConsumerError, TokenConsumer};
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// /// An SDK client: it keeps the last token it was given.
+    /// struct Chat(Mutex<Option<String>>);
+    ///
+    /// #[async_trait]
+    /// impl TokenConsumer for Chat {
+    ///     fn name(&self) -> &str { "chat" }
+    ///     async fn update_token(&self, token: &AccessToken) -> Result<(), ConsumerError> {
+    ///         *self.0.lock().unwrap() = Some(token.as_str().to_owned());
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").identity("alice").to_jwt().unwrap();
+    /// let manager = AccessManager::builder().build().unwrap();
+    /// let chat = Arc::new(Chat(Mutex::new(None)));
+    /// manager.register(&chat);
+    /// manager.update_token(&jwt).await.unwrap(); // returns once every consumer has it
+    /// assert_eq!(chat.0.lock().unwrap().as_deref(), Some(jwt.as_str()));
+    /// # }
+    /// ```
     pub fn register<C: TokenConsumer + ?Sized>(&self, consumer: &Arc<C>) -> ConsumerId {
         let name: Arc<str> = consumer.name().into();
         let required = consumer.required_grant();
@@ -365,17 +578,88 @@ impl AccessManager {
 
     /// Unregisters a consumer: it receives no further token. `false` when it was not registered,
     /// already unregistered, or dropped by the app and noticed as gone.
+    ///
+    /// ```
+    /// use access_manager::{async_trait, AccessManager, AccessToken, ConsumerError, TokenConsumer};
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// /// An SDK client: it keeps the last token it was given.
+    /// struct Chat(Mutex<Option<String>>);
+    ///
+    /// #[async_trait]
+    /// impl TokenConsumer for Chat {
+    ///     fn name(&self) -> &str { "chat" }
+    ///     async fn update_token(&self, token: &AccessToken) -> Result<(), ConsumerError> {
+    ///         *self.0.lock().unwrap() = Some(token.as_str().to_owned());
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").identity("alice").to_jwt().unwrap();
+    /// let manager = AccessManager::builder().build().unwrap();
+    /// let chat = Arc::new(Chat(Mutex::new(None)));
+    /// let id = manager.register(&chat);
+    /// assert!(manager.unregister(id));
+    /// assert!(!manager.unregister(id)); // already gone
+    /// manager.update_token(&jwt).await.unwrap();
+    /// assert_eq!(*chat.0.lock().unwrap(), None); // no longer called
+    /// # }
+    /// ```
     pub fn unregister(&self, id: ConsumerId) -> bool {
         self.shared().unregister(id)
     }
 
     /// How many consumers are registered (including any whose `Arc` was dropped but not yet
     /// noticed).
+    ///
+    /// ```
+    /// use access_manager::{async_trait, AccessManager, AccessToken, ConsumerError, TokenConsumer};
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// /// An SDK client: it keeps the last token it was given.
+    /// struct Chat(Mutex<Option<String>>);
+    ///
+    /// #[async_trait]
+    /// impl TokenConsumer for Chat {
+    ///     fn name(&self) -> &str { "chat" }
+    ///     async fn update_token(&self, token: &AccessToken) -> Result<(), ConsumerError> {
+    ///         *self.0.lock().unwrap() = Some(token.as_str().to_owned());
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").identity("alice").to_jwt().unwrap();
+    /// let manager = AccessManager::builder().build().unwrap();
+    /// let chat = Arc::new(Chat(Mutex::new(None)));
+    /// let id = manager.register(&chat);
+    /// assert_eq!(manager.consumer_count(), 1);
+    /// manager.unregister(id);
+    /// assert_eq!(manager.consumer_count(), 0);
+    /// # let _ = jwt;
+    /// # }
+    /// ```
     pub fn consumer_count(&self) -> usize {
         self.shared().consumer_count()
     }
 
     /// Subscribes to events. After shutdown, the subscription yields `Closed` and ends.
+    ///
+    /// ```
+    /// use access_manager::{AccessManager, AccessToken, Event};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").identity("alice").to_jwt().unwrap();
+    /// let manager = AccessManager::builder().build().unwrap();
+    /// let mut events = manager.subscribe();
+    /// manager.update_token(&jwt).await.unwrap();
+    /// assert!(matches!(events.recv().await, Some(Event::TokenUpdated { .. })));
+    /// manager.shutdown().await;
+    /// assert_eq!(events.recv().await, Some(Event::Closed));
+    /// assert_eq!(events.recv().await, None);
+    /// # }
+    /// ```
     pub fn subscribe(&self) -> Events {
         self.shared().subscribe()
     }
@@ -394,6 +678,8 @@ impl AccessManager {
     ///
     /// # Cancel safety
     /// The report is sent when this is called; dropping the future loses only the answer.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use access_manager::{clock::ManualClock, fetcher_fn, AccessManager, AccessToken};
@@ -481,6 +767,39 @@ impl AccessManager {
     /// Re-reads the clock at once and acts on what is due (events, fetching); a fetch waiting out
     /// its backoff is tried now. For apps told of a wake from sleep or a network return; without
     /// it, [`SystemClock`](crate::clock::SystemClock) notices a jump within 30 s.
+    ///
+    /// ```
+    /// use access_manager::{clock::ManualClock, fetcher_fn, AccessManager, AccessToken, Backoff, Event};
+    /// use access_manager::FetchError;
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// let online = AtomicBool::new(false);
+    /// let fetcher = fetcher_fn(move |_| {
+    ///     let answer = if online.swap(true, Ordering::SeqCst) {
+    ///         AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").issued_at(start).to_jwt()
+    ///             .map_err(FetchError::permanent)
+    ///     } else {
+    ///         Err(FetchError::transient("offline"))
+    ///     };
+    ///     async move { answer }
+    /// });
+    /// let (manager, mut events) = AccessManager::builder()
+    ///     .clock(ManualClock::new(start))
+    ///     .fetcher(fetcher)
+    ///     .backoff(Backoff::new(Duration::from_secs(60), Duration::from_secs(60)))
+    ///     .build_with_events()
+    ///     .unwrap();
+    /// // The first fetch fails: the next one would wait out up to a minute of backoff…
+    /// assert!(matches!(events.recv().await, Some(Event::RefreshFailed { .. })));
+    /// // …but the app hears that the network is back.
+    /// manager.resume();
+    /// assert!(matches!(events.recv().await, Some(Event::TokenUpdated { .. })));
+    /// assert!(manager.token().is_some());
+    /// # }
+    /// ```
     pub fn resume(&self) {
         self.shared().send(Command::Resume);
     }
@@ -511,6 +830,18 @@ impl AccessManager {
     /// Stops the manager and waits until it has stopped: in-flight fetches and deliveries are
     /// dropped, waiting calls answer `Closed`, subscribers get `Closed`, and the token is
     /// forgotten. Idempotent.
+    ///
+    /// ```
+    /// use access_manager::{AccessManager, AccessToken, UpdateError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").identity("alice").to_jwt().unwrap();
+    /// let manager = AccessManager::builder().initial_token(&jwt).build().unwrap();
+    /// manager.shutdown().await;
+    /// assert!(manager.token().is_none()); // forgotten
+    /// assert!(matches!(manager.update_token(&jwt).await, Err(UpdateError::Closed)));
+    /// # }
+    /// ```
     pub async fn shutdown(&self) {
         let shared = self.shared();
         shared.send(Command::Shutdown);
@@ -518,6 +849,17 @@ impl AccessManager {
     }
 
     /// Whether the manager has stopped.
+    ///
+    /// ```
+    /// use access_manager::AccessManager;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let manager = AccessManager::builder().build().unwrap();
+    /// assert!(!manager.is_closed());
+    /// manager.shutdown().await;
+    /// assert!(manager.is_closed());
+    /// # }
+    /// ```
     pub fn is_closed(&self) -> bool {
         self.shared().is_closed()
     }
