@@ -324,3 +324,34 @@ async fn a_new_offset_moves_the_held_tokens_deadlines_with_it() {
     // Its refresh point, T0 + 3420 on the issuer's clock, is T0 + 3420 + 3700 on the device's.
     assert_eq!(manager.stats().next_fetch_at, Some(at(T0 + 3_420 + 3_700)));
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_offset_the_device_clock_made_wrong_is_dropped_rather_than_refusing_fresh_tokens() {
+    let clock = ManualClock::new(at(T0));
+    let (fetcher, mut calls) = crate::common::scripted();
+    let manager = AccessManager::builder()
+        .clock(clock.clone())
+        .estimate_clock_skew(true)
+        .fetcher(fetcher)
+        .build()
+        .unwrap();
+    // The backend's clock is an hour ahead: applied.
+    calls.next().await.ok(mint("alice", T0 + 3_600, 3_600));
+    crate::common::settle().await;
+    assert_eq!(manager.clock_offset(), Some(3_600));
+    // The device's clock is then set 100 minutes forward: it is now 40 minutes ahead of the
+    // backend's, which mints an hour-long token on its own clock.
+    clock.set(at(T0 + 6_000));
+    let refresh = crate::common::spawn_refresh(&manager);
+    let fresh = mint("alice", T0 + 3_600, 3_600);
+    calls.next().await.ok(fresh.clone());
+    assert_eq!(
+        refresh
+            .await
+            .unwrap()
+            .expect("a fresh token refused")
+            .as_str(),
+        fresh
+    );
+    assert!(!manager.is_expired());
+}

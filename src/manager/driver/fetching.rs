@@ -243,18 +243,24 @@ impl Driver {
         // ahead of the issuer: only a token that also looks (nearly) expired here moves the clock
         // back, or a cached token would be scheduled past its real expiry.
         let applicable = offset >= 0 || nearly_expired;
-        let to_apply = if self.config.estimate_clock_skew
-            && applicable
-            && offset.unsigned_abs() <= MAX_SKEW.as_secs()
-        {
+        // The issuer minted the token valid: its clock is somewhere in [iat, exp).
+        let expires_in = (token.exp_secs() as i64).saturating_sub(unix_secs(now) as i64);
+        let possible = offset..expires_in;
+        let to_apply = if !self.config.estimate_clock_skew {
+            self.applied_offset
+        } else if applicable && offset.unsigned_abs() <= MAX_SKEW.as_secs() {
             // Within a couple of seconds the clocks agree: keep exact local scheduling.
             if offset.unsigned_abs() <= 2 {
                 0
             } else {
                 offset
             }
-        } else {
+        } else if possible.contains(&self.applied_offset) {
             self.applied_offset
+        } else {
+            // The offset applied so far cannot be (the device's clock was set since): without a
+            // usable estimate, the manager's own clock, which the token allows, is the best guess.
+            0
         };
         // Issued in the future: the device is behind. Issued long ago and (nearly) expired on the
         // device: it is ahead (or the backend hands out stale tokens; worth saying either way).
