@@ -421,7 +421,9 @@ impl AccessManagerBuilder {
     /// When on, each fetched token's `iat` (else `nbf`) at receipt estimates the offset between the
     /// issuer's clock and the manager's (within ±24 h), and tokens are validated and their timers set
     /// from that: a device clock hours off then neither rejects fresh tokens as expired nor refreshes
-    /// hours late. A fetched token that expires before the token held is not taken (a stale token
+    /// hours late. The offset moves only with a fetched token the manager takes, and the held
+    /// token's timers move with it; an offset a fetched token rules out (the device's clock was set
+    /// since) is dropped for the manager's own clock. A fetched token that expires before the token held is not taken (a stale token
     /// from the backend cannot pass for a fresh one). Either way, the estimate is exposed by
     /// [`AccessManager::clock_offset`], and an offset over 5 minutes is reported once as
     /// [`Event::ClockSkewSuspected`](crate::Event::ClockSkewSuspected).

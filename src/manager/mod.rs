@@ -764,9 +764,12 @@ impl AccessManager {
         }
     }
 
-    /// Re-reads the clock at once and acts on what is due (events, fetching); a fetch waiting out
-    /// its backoff is tried now. For apps told of a wake from sleep or a network return; without
-    /// it, [`SystemClock`](crate::clock::SystemClock) notices a jump within 30 s.
+    /// Re-reads the clock at once and acts on what is due (events, fetching): a fetch waiting out
+    /// its backoff after a failure is tried now, and a token that expired while the machine slept
+    /// is fetched now. It never cuts short the spacing that keeps a short-lived but valid token
+    /// from making the backend loop (behaviour 7), so an app may call it on every network or
+    /// foreground notice. For apps told of a wake from sleep or a network return; without it,
+    /// [`SystemClock`](crate::clock::SystemClock) notices a jump within 30 s.
     ///
     /// ```
     /// use access_manager::{clock::ManualClock, fetcher_fn, AccessManager, AccessToken, Backoff, Event};
