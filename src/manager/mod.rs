@@ -1,11 +1,90 @@
 //! The [`AccessManager`] handle: the public face of one manager.
 //!
 //! One manager holds one identity's token. Its driver (`driver`) is the only owner of the manager's
-//! state and runs as the manager's task; a handle reads what the driver publishes (the token, the
-//! counters) and sends it commands through the mailbox (`shared`). Modules import one way:
-//! `builder` → the handle (this file) and `driver`; `driver` → `fanout`; the handle, `driver` and
-//! `fanout` → `shared` (the mailbox and what the driver publishes) → `call` (one consumer call) →
-//! `plugin`; and any of them → the leaves `service`, `stats`, `error`.
+//! state and runs as the manager's task; a handle reads what the driver publishes (the token with
+//! the clock offset it is judged by, the counters) and sends it commands through the mailbox
+//! (`shared`). Modules import one way: `builder` → the handle (this file) and `driver`; `driver` →
+//! `fanout`; the handle, `driver` and `fanout` → `shared` (the mailbox and what the driver
+//! publishes) → `call` (one consumer call) → `plugin`; and any of them → the leaves `service`,
+//! `stats`, `error`.
+//!
+//! # The states a manager can be in
+//!
+//! The driver's state is two small enums, each moved by one function; everything else it holds
+//! (the consumers, the store, the armed timer) serves them.
+//!
+//! ```text
+//! the token (Driver::current, Phase; moved by on_time on the wall clock)
+//!
+//!   None ──install──▶ Fresh ──exp − refresh_ahead──▶ WillExpire ──exp──▶ Expired
+//!    ▲                  └──────────── a new token installed: Fresh again ◀───┘
+//!    └── sign_out (any phase)          a service's refusal marks it `refused` (not delivered again)
+//!
+//! automatic fetching (Driver::fetching: Fetching; planned by Driver::plan)
+//!
+//!   Idle       no fetcher, or the stored token is being read
+//!   Planned    { reason, attempt, at: wall-clock instant, wait: Backoff | Spacing (elapsed) }
+//!                ──due (instant reached, wait over; a Spacing is over once the token expired)──▶
+//!   InFlight   { reason, attempt, waiters, halt_after }   one at a time; refresh() joins it
+//!                ──token taken──▶ Planned(WillExpire at the refresh point, Spacing: half its life)
+//!                ──failed──▶ Planned(same reason, attempt + 1, Backoff)  or Halted if permanent
+//!   Halted     until refresh() or update_token(): a permanent failure, Permanent, sign_out
+//! ```
+//!
+//! Who moves what: commands (in mailbox order, after the token's phase caught up with the clock)
+//! install tokens, start or join fetches and halt; the automatic fetch starts last in a turn, so
+//! that it sees what the commands changed.
+//!
+//! # Behaviour
+//!
+//! What the manager promises; tests name the number they check (`b7_…`, "behaviour 7").
+//!
+//! 1. An offered token (`update_token`) is parsed and validated at the clock's now: a malformed,
+//!    expired, not yet valid or over-24 h token, or one for another identity or account than the
+//!    one held, is an `Err` and a `TokenRejected` event, and changes nothing else.
+//! 2. The token held, offered again: `Ok` with `changed() == false`, and nothing happens.
+//! 3. A new valid token becomes current, then `TokenUpdated`, then every consumer gets it;
+//!    `update_token` returns once each consumer answered or timed out (10 s by default).
+//! 4. Each token's events come Updated → WillExpire (at `exp − refresh_ahead`, or at once when less
+//!    is left) → Expired (at `exp`), each at most once, and none once it is replaced.
+//! 5. With a fetcher and no token, the manager fetches at once (`Initial`); `refresh()` and
+//!    `fresh_token()` join that fetch. It fetches again at WillExpire, and with `Expired` past
+//!    `exp`. A failure keeps the token, says `RefreshFailed` with the next attempt's time, and is
+//!    retried with backoff and jitter (1 s doubling to 60 s) for as long as the manager lives; a
+//!    retry keeps the reason of the fetch it retries.
+//! 6. One fetch at a time, joined by `refresh()` and `fresh_token()`, each bounded by a timeout
+//!    (30 s); a fetcher that panics or hangs is a transient failure. A permanent failure stops
+//!    automatic fetching until `refresh()` or `update_token()`.
+//! 7. A fetcher handing out short tokens (or handing back the one held) does not make the manager
+//!    loop: the next automatic fetch waits half the token's remaining life, at least 1 s.
+//! 8. Each consumer gets tokens in order and, when busy, only the newest; a slow, failing or
+//!    panicking consumer harms no other and is a `ConsumerFailed` event and a report row, as is a
+//!    consumer skipped for lacking its required grant.
+//! 9. Consumers are held weakly (dropping the app's `Arc` unregisters); one registered while a
+//!    token is current gets it promptly.
+//! 10. `fresh_token(min)` answers the held token at once when it has `min` left (with or without a
+//!     fetcher), else the result of a fetch; never `Ok` with less than `min` (`TooShort` carries the
+//!     best token).
+//! 11. A wall-clock jump past `exp` (a suspend, a clock change) is noticed within one sleep slice:
+//!     WillExpire and Expired fire and fetching starts.
+//! 12. `shutdown()` or the last handle dropped stops the task: no plugin call and no event after
+//!     `Closed`, nothing left running, and every later call answers `Closed` (or `Ignore`).
+//! 13. No log, print or error shows a token's signature or a secret, and no copy of a token is kept
+//!     once it is replaced, signed out or its manager is gone.
+//! 14. A plugin that calls its own manager never waits for itself; one that needs its manager
+//!     holds a `WeakAccessManager`.
+//! 15. Timeouts, backoff and spacing run on elapsed time: a wall-clock change neither stretches
+//!     nor shortens them.
+//! 16. Every fact has one writer: the driver decides (service reports too, in mailbox order) and
+//!     publishes; handles read the snapshot. `unregister` answers `true` for every registered
+//!     consumer, and `consumer_count()` converges to the live ones.
+//! 17. When `sign_out()` returns the store holds no token, no save lands after a clear or after
+//!     `shutdown()`, and a blocking or failing store never stops fetching.
+//! 18. A spacing wait only guards a token that is still valid: once the wall clock says the token
+//!     expired, fetching starts at once (after a wake, within one slice; at once on `resume()`).
+//! 19. No event, queue or buffer keeps a replaced token.
+//! 20. Dropping user code (a timed-out call, a fetcher, a consumer) never closes the manager, even
+//!     when its `Drop` panics.
 
 mod builder;
 mod call;
@@ -29,12 +108,11 @@ use crate::{AccessToken, TokenConsumer};
 use call::Held;
 use error::{RefreshError, UpdateError, UpdateReport};
 use plugin::Role;
-use service::{decide, ServiceAction, Situation};
-use shared::{Command, Registration, Shared};
+use service::ServiceAction;
+use shared::{shift, Command, Registration, Shared};
 use stats::Stats;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
@@ -81,6 +159,19 @@ pub struct WeakAccessManager {
 
 impl WeakAccessManager {
     /// The manager, if any strong handle to it is left.
+    ///
+    /// ```
+    /// use access_manager::{AccessManager, AccessToken};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").identity("alice").to_jwt().unwrap();
+    /// let manager = AccessManager::builder().initial_token(jwt).build().unwrap();
+    /// let weak = manager.downgrade();
+    /// assert_eq!(weak.upgrade().unwrap().identity().as_deref(), Some("alice"));
+    /// drop(manager);
+    /// assert!(weak.upgrade().is_none());
+    /// # }
+    /// ```
     pub fn upgrade(&self) -> Option<AccessManager> {
         self.handle.upgrade().map(|handle| AccessManager { handle })
     }
@@ -111,6 +202,18 @@ impl AccessManager {
     }
 
     /// A handle that does not keep the manager alive.
+    ///
+    /// ```
+    /// use access_manager::AccessManager;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let manager = AccessManager::builder().build().unwrap();
+    /// let weak = manager.downgrade();
+    /// assert!(weak.upgrade().is_some());
+    /// drop(manager);
+    /// assert!(weak.upgrade().is_none()); // the weak handle kept nothing alive
+    /// # }
+    /// ```
     pub fn downgrade(&self) -> WeakAccessManager {
         WeakAccessManager {
             handle: Arc::downgrade(&self.handle),
@@ -120,6 +223,18 @@ impl AccessManager {
     /// The current token (possibly expired; see [`is_expired`](Self::is_expired)), or `None` before
     /// the first one, after [`sign_out`](Self::sign_out) and after shutdown. Lock-free: never
     /// blocks, never awaits.
+    ///
+    /// ```
+    /// use access_manager::{AccessManager, AccessToken};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").identity("alice").to_jwt().unwrap();
+    /// let manager = AccessManager::builder().build().unwrap();
+    /// assert!(manager.token().is_none());
+    /// manager.update_token(&jwt).await.unwrap();
+    /// assert_eq!(manager.token().unwrap().as_str(), jwt);
+    /// # }
+    /// ```
     pub fn token(&self) -> Option<AccessToken> {
         self.shared()
             .current
@@ -130,17 +245,56 @@ impl AccessManager {
 
     /// Calls `f` with the current token, borrowed rather than cloned. Lock-free; `f` may read
     /// managers itself.
+    ///
+    /// ```
+    /// use access_manager::{AccessManager, AccessToken};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").identity("alice").to_jwt().unwrap();
+    /// let manager = AccessManager::builder().initial_token(&jwt).build().unwrap();
+    /// // An SDK call that only needs to read the token text: no clone.
+    /// let header = manager.with_token(|t| t.map(|t| format!("Bearer {}", t.as_str())));
+    /// assert_eq!(header, Some(format!("Bearer {jwt}")));
+    /// # }
+    /// ```
     pub fn with_token<R>(&self, f: impl FnOnce(Option<&AccessToken>) -> R) -> R {
         let current = self.shared().current.load();
         f(current.as_ref().map(|p| &p.token))
     }
 
     /// The current token's identity.
+    ///
+    /// ```
+    /// use access_manager::{AccessManager, AccessToken};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").identity("alice").to_jwt().unwrap();
+    /// let manager = AccessManager::builder().initial_token(jwt).build().unwrap();
+    /// assert_eq!(manager.identity().as_deref(), Some("alice"));
+    /// # }
+    /// ```
     pub fn identity(&self) -> Option<String> {
         self.with_token(|t| t.and_then(|t| t.identity().map(str::to_owned)))
     }
 
     /// When the current token expires.
+    ///
+    /// ```
+    /// use access_manager::{clock::ManualClock, AccessManager, AccessToken};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// let clock = ManualClock::new(start);
+    /// let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret")
+    ///     .issued_at(start)
+    ///     .ttl(Duration::from_secs(3600))
+    ///     .to_jwt()
+    ///     .unwrap();
+    /// let manager = AccessManager::builder().clock(clock).initial_token(jwt).build().unwrap();
+    /// assert_eq!(manager.expires_at(), Some(start + Duration::from_secs(3600)));
+    /// # }
+    /// ```
     pub fn expires_at(&self) -> Option<SystemTime> {
         self.with_token(|t| t.map(AccessToken::expires_at))
     }
@@ -149,18 +303,78 @@ impl AccessManager {
     /// clock's now, shifted by the issuer's clock offset when
     /// [`estimate_clock_skew`](AccessManagerBuilder::estimate_clock_skew) is on); `false` while
     /// there is none.
+    ///
+    /// ```
+    /// use access_manager::{clock::ManualClock, AccessManager, AccessToken};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// let clock = ManualClock::new(start);
+    /// let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret")
+    ///     .issued_at(start)
+    ///     .ttl(Duration::from_secs(3600))
+    ///     .to_jwt()
+    ///     .unwrap();
+    /// let manager = AccessManager::builder().clock(clock.clone()).initial_token(jwt).build().unwrap();
+    /// assert!(!manager.is_expired());
+    /// clock.advance(Duration::from_secs(3600)); // at `exp` the token is expired
+    /// assert!(manager.is_expired());
+    /// # }
+    /// ```
     pub fn is_expired(&self) -> bool {
-        self.with_token(|t| t.is_some_and(|t| self.shared().token_now() >= t.expires_at()))
+        let current = self.shared().current.load();
+        current.as_ref().is_some_and(|p| {
+            shift(self.shared().clock.now(), p.applied_offset) >= p.token.expires_at()
+        })
     }
 
     /// The estimated offset of the token issuer's clock from the manager's clock, in seconds
     /// (positive: the issuer is ahead), from the `iat` (else `nbf`) of the last fetched token that
     /// had one. `None` before any.
+    ///
+    /// ```
+    /// use access_manager::{clock::ManualClock, fetcher_fn, AccessManager, AccessToken, FetchError};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// // The backend's clock is 10 minutes ahead of the device's.
+    /// let fetcher = fetcher_fn(move |_| {
+    ///     let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret")
+    ///         .issued_at(start + Duration::from_secs(600))
+    ///         .to_jwt()
+    ///         .map_err(FetchError::permanent);
+    ///     async move { jwt }
+    /// });
+    /// let manager = AccessManager::builder()
+    ///     .clock(ManualClock::new(start))
+    ///     .fetcher(fetcher)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(manager.clock_offset(), None);
+    /// manager.refresh().await.unwrap();
+    /// assert_eq!(manager.clock_offset(), Some(600));
+    /// # }
+    /// ```
     pub fn clock_offset(&self) -> Option<i64> {
         self.shared().clock_offset()
     }
 
     /// The manager's clock.
+    ///
+    /// ```
+    /// use access_manager::{clock::{Clock, ManualClock}, AccessManager};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// let clock = ManualClock::new(start);
+    /// let manager = AccessManager::builder().clock(clock.clone()).build().unwrap();
+    /// clock.advance(Duration::from_secs(5));
+    /// assert_eq!(manager.clock().now(), start + Duration::from_secs(5));
+    /// # }
+    /// ```
     pub fn clock(&self) -> &dyn Clock {
         &*self.shared().clock
     }
@@ -190,6 +404,22 @@ impl AccessManager {
     ///
     /// # Cancel safety
     /// The update is sent when this is called; dropping the future loses only the report.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use access_manager::{AccessManager, AccessToken, UpdateError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").identity("alice").to_jwt().unwrap();
+    /// let manager = AccessManager::builder().build().unwrap();
+    /// assert!(manager.update_token(&jwt).await.unwrap().changed());
+    /// assert!(!manager.update_token(&jwt).await.unwrap().changed()); // the same token again
+    /// let refused = manager.update_token("not a token").await;
+    /// assert!(matches!(refused, Err(UpdateError::Invalid(_))));
+    /// assert_eq!(manager.token().unwrap().as_str(), jwt); // kept
+    /// # }
+    /// ```
     pub fn update_token(
         &self,
         jwt: impl AsRef<str>,
@@ -231,6 +461,26 @@ impl AccessManager {
     /// is kept, and automatic retries go on unless the failure is permanent); `SignedOut` when a sign-out cancels the fetch;
     /// `Reentrant` from inside this manager's own fetcher (it would wait for itself); `Closed`
     /// after shutdown.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use access_manager::{fetcher_fn, AccessManager, AccessToken, FetchError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // Your backend call goes here; this one mints tokens locally.
+    /// let fetcher = fetcher_fn(|_request| async {
+    ///     AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret")
+    ///         .identity("alice")
+    ///         .to_jwt()
+    ///         .map_err(FetchError::permanent)
+    /// });
+    /// let manager = AccessManager::builder().fetcher(fetcher).build().unwrap();
+    /// let token = manager.refresh().await.unwrap();
+    /// assert_eq!(token.identity(), Some("alice"));
+    /// assert_eq!(manager.token(), Some(token));
+    /// # }
+    /// ```
     pub async fn refresh(&self) -> Result<AccessToken, RefreshError> {
         self.request_fetch(None).await
     }
@@ -245,6 +495,24 @@ impl AccessManager {
     /// token has less than `min_remaining` left. From inside this manager's own fetcher, the held
     /// token when it qualifies, else `Reentrant`. `Closed` after shutdown, even when the held token
     /// qualifies.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use access_manager::{AccessManager, AccessToken, RefreshError};
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").identity("alice").to_jwt().unwrap();
+    /// let manager = AccessManager::builder().initial_token(&jwt).build().unwrap();
+    /// // About an hour left: enough for a 5-minute call.
+    /// let token = manager.fresh_token(Duration::from_secs(300)).await.unwrap();
+    /// assert_eq!(token.as_str(), jwt);
+    /// // Two hours are more than it has, and without a fetcher there is no other.
+    /// let longer = manager.fresh_token(Duration::from_secs(7200)).await;
+    /// assert!(matches!(longer, Err(RefreshError::NoFetcher)));
+    /// # }
+    /// ```
     pub async fn fresh_token(&self, min_remaining: Duration) -> Result<AccessToken, RefreshError> {
         self.request_fetch(Some(min_remaining)).await
     }
@@ -270,6 +538,32 @@ impl AccessManager {
     /// next token, or when registrations have doubled the list since it last looked). `Arc<dyn TokenConsumer>` works too. After
     /// shutdown nothing is registered. A consumer that needs its manager holds a
     /// [`WeakAccessManager`], not an `AccessManager`.
+    ///
+    /// ```
+    /// use access_manager::{async_trait, AccessManager, AccessToken, ConsumerError, TokenConsumer};
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// /// An SDK client: it keeps the last token it was given.
+    /// struct Chat(Mutex<Option<String>>);
+    ///
+    /// #[async_trait]
+    /// impl TokenConsumer for Chat {
+    ///     fn name(&self) -> &str { "chat" }
+    ///     async fn update_token(&self, token: &AccessToken) -> Result<(), ConsumerError> {
+    ///         *self.0.lock().unwrap() = Some(token.as_str().to_owned());
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").identity("alice").to_jwt().unwrap();
+    /// let manager = AccessManager::builder().build().unwrap();
+    /// let chat = Arc::new(Chat(Mutex::new(None)));
+    /// manager.register(&chat);
+    /// manager.update_token(&jwt).await.unwrap(); // returns once every consumer has it
+    /// assert_eq!(chat.0.lock().unwrap().as_deref(), Some(jwt.as_str()));
+    /// # }
+    /// ```
     pub fn register<C: TokenConsumer + ?Sized>(&self, consumer: &Arc<C>) -> ConsumerId {
         let name: Arc<str> = consumer.name().into();
         let required = consumer.required_grant();
@@ -284,72 +578,150 @@ impl AccessManager {
 
     /// Unregisters a consumer: it receives no further token. `false` when it was not registered,
     /// already unregistered, or dropped by the app and noticed as gone.
+    ///
+    /// ```
+    /// use access_manager::{async_trait, AccessManager, AccessToken, ConsumerError, TokenConsumer};
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// /// An SDK client: it keeps the last token it was given.
+    /// struct Chat(Mutex<Option<String>>);
+    ///
+    /// #[async_trait]
+    /// impl TokenConsumer for Chat {
+    ///     fn name(&self) -> &str { "chat" }
+    ///     async fn update_token(&self, token: &AccessToken) -> Result<(), ConsumerError> {
+    ///         *self.0.lock().unwrap() = Some(token.as_str().to_owned());
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").identity("alice").to_jwt().unwrap();
+    /// let manager = AccessManager::builder().build().unwrap();
+    /// let chat = Arc::new(Chat(Mutex::new(None)));
+    /// let id = manager.register(&chat);
+    /// assert!(manager.unregister(id));
+    /// assert!(!manager.unregister(id)); // already gone
+    /// manager.update_token(&jwt).await.unwrap();
+    /// assert_eq!(*chat.0.lock().unwrap(), None); // no longer called
+    /// # }
+    /// ```
     pub fn unregister(&self, id: ConsumerId) -> bool {
         self.shared().unregister(id)
     }
 
     /// How many consumers are registered (including any whose `Arc` was dropped but not yet
     /// noticed).
+    ///
+    /// ```
+    /// use access_manager::{async_trait, AccessManager, AccessToken, ConsumerError, TokenConsumer};
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// /// An SDK client: it keeps the last token it was given.
+    /// struct Chat(Mutex<Option<String>>);
+    ///
+    /// #[async_trait]
+    /// impl TokenConsumer for Chat {
+    ///     fn name(&self) -> &str { "chat" }
+    ///     async fn update_token(&self, token: &AccessToken) -> Result<(), ConsumerError> {
+    ///         *self.0.lock().unwrap() = Some(token.as_str().to_owned());
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").identity("alice").to_jwt().unwrap();
+    /// let manager = AccessManager::builder().build().unwrap();
+    /// let chat = Arc::new(Chat(Mutex::new(None)));
+    /// let id = manager.register(&chat);
+    /// assert_eq!(manager.consumer_count(), 1);
+    /// manager.unregister(id);
+    /// assert_eq!(manager.consumer_count(), 0);
+    /// # let _ = jwt;
+    /// # }
+    /// ```
     pub fn consumer_count(&self) -> usize {
         self.shared().consumer_count()
     }
 
     /// Subscribes to events. After shutdown, the subscription yields `Closed` and ends.
+    ///
+    /// ```
+    /// use access_manager::{AccessManager, AccessToken, Event};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").identity("alice").to_jwt().unwrap();
+    /// let manager = AccessManager::builder().build().unwrap();
+    /// let mut events = manager.subscribe();
+    /// manager.update_token(&jwt).await.unwrap();
+    /// assert!(matches!(events.recv().await, Some(Event::TokenUpdated { .. })));
+    /// manager.shutdown().await;
+    /// assert_eq!(events.recv().await, Some(Event::Closed));
+    /// assert_eq!(events.recv().await, None);
+    /// # }
+    /// ```
     pub fn subscribe(&self) -> Events {
         self.shared().subscribe()
     }
 
     /// Tells the manager that a service refused its current token with Twilio error `code` (an
     /// SDK's `tokenAboutToExpire`/`updateToken` error, an HTTP 401 body's code), and answers what
-    /// it does about it:
+    /// it does about it: [`Refresh`](ServiceAction::Refresh) (a new token is fetched),
+    /// [`Permanent`](ServiceAction::Permanent) (no automatic fetch until [`refresh`](Self::refresh)
+    /// or [`update_token`](Self::update_token)) or [`Ignore`](ServiceAction::Ignore). Which code
+    /// leads to which action is the rule documented on [`ServiceAction`].
     ///
-    /// | codes | meaning | action |
-    /// |---|---|---|
-    /// | 20104, 20105, 51215 | expired, not yet valid, unauthorized: a new token fixes it | `Refresh` |
-    /// | 20101, 20102, 20103, 20106, 20107, 20151, 20157, 20160, 51007 | the backend mints tokens the service refuses | `Refresh` the first time, `Permanent` when the next token is refused too |
-    /// | anything else; any code without a fetcher | nothing about the token | `Ignore` |
+    /// The report is sent when this is called and the manager's task decides, after every command
+    /// sent before it (a `refresh()` that resumed fetching, a pushed token), about the token
+    /// current then. Every report is an [`Event::ServiceRejected`](crate::Event::ServiceRejected).
+    /// `Ignore` after shutdown.
     ///
-    /// `Refresh` fetches at once (reason `Rejected { code }`), joining a fetch in flight, and the
-    /// refused token is not delivered again; when the token that replaced a refused one is refused
-    /// too, the fetch waits a backoff instead (growing with each token refused in a row), so that a
-    /// service refusing every token does not make the manager loop. `Permanent` stops automatic fetching until
-    /// [`refresh`](Self::refresh) or [`update_token`](Self::update_token). Every report is an
-    /// [`Event::ServiceRejected`](crate::Event::ServiceRejected). `Ignore` after shutdown. See
-    /// [`ServiceAction`] for the whole rule.
+    /// # Cancel safety
+    /// The report is sent when this is called; dropping the future loses only the answer.
+    ///
+    /// # Examples
     ///
     /// ```
-    /// use access_manager::{fetcher_fn, AccessManager, FetchError, ServiceAction};
+    /// use access_manager::{clock::ManualClock, fetcher_fn, AccessManager, AccessToken};
+    /// use access_manager::{FetchError, ServiceAction};
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::time::{Duration, UNIX_EPOCH};
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// let minted = AtomicU64::new(0);
+    /// let fetcher = fetcher_fn(move |_| {
+    ///     let n = minted.fetch_add(1, Ordering::SeqCst); // each token issued a second later
+    ///     let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                                    "SKfedcba9876543210fedcba9876543210", "secret")
+    ///         .issued_at(start + Duration::from_secs(n))
+    ///         .to_jwt()
+    ///         .map_err(FetchError::permanent);
+    ///     async move { jwt }
+    /// });
     /// let manager = AccessManager::builder()
-    ///     .fetcher(fetcher_fn(|_| async { Err::<String, _>(FetchError::transient("offline")) }))
+    ///     .clock(ManualClock::new(start))
+    ///     .fetcher(fetcher)
     ///     .build()
     ///     .unwrap();
-    /// // No token yet: nothing to refuse.
-    /// assert_eq!(manager.report_service_error(51215), ServiceAction::Ignore);
+    /// let first = manager.refresh().await.unwrap();
+    /// // The voice service says the token is unauthorized (51215): a new one is fetched.
+    /// assert_eq!(manager.report_service_error(51215).await, ServiceAction::Refresh);
+    /// // `fresh_token` never answers a refused token: it waits for the new one.
+    /// let second = manager.fresh_token(Duration::ZERO).await.unwrap();
+    /// assert_ne!(second, first);
+    /// // A code that says nothing about the token changes nothing.
+    /// assert_eq!(manager.report_service_error(20003).await, ServiceAction::Ignore);
     /// # }
     /// ```
-    pub fn report_service_error(&self, code: u32) -> ServiceAction {
-        let shared = self.shared();
-        let generation = shared.current.load().as_ref().map(|p| p.generation);
-        let situation = Situation {
-            has_fetcher: shared.has_fetcher,
-            current: generation,
-            invalid_strike: shared.invalid_strike.load(Ordering::Acquire),
-            halted: shared.halted.load(Ordering::Acquire),
-        };
-        let generation = generation.unwrap_or(0);
-        let action = decide(code, generation, situation);
-        let sent = shared.send(Command::ServiceRefused {
-            code,
-            generation,
-            action,
-        });
-        if sent {
-            action
-        } else {
-            ServiceAction::Ignore
-        }
+    pub fn report_service_error(
+        &self,
+        code: u32,
+    ) -> impl Future<Output = ServiceAction> + Send + 'static {
+        let (reply, answer) = oneshot::channel();
+        // Unsent after shutdown: the dropped reply answers `Ignore`.
+        self.shared().send(Command::ServiceRefused { code, reply });
+        async move { answer.await.unwrap_or(ServiceAction::Ignore) }
     }
 
     /// Signs out: forgets the token (`token()` is `None`), cancels the timers and any fetch (its
@@ -392,9 +764,45 @@ impl AccessManager {
         }
     }
 
-    /// Re-reads the clock at once and acts on what is due (events, fetching); a fetch waiting out
-    /// its backoff is tried now. For apps told of a wake from sleep or a network return; without
-    /// it, [`SystemClock`](crate::clock::SystemClock) notices a jump within 30 s.
+    /// Re-reads the clock at once and acts on what is due (events, fetching): a fetch waiting out
+    /// its backoff after a failure is tried now, and a token that expired while the machine slept
+    /// is fetched now. It never cuts short the spacing that keeps a short-lived but valid token
+    /// from making the backend loop (behaviour 7), so an app may call it on every network or
+    /// foreground notice. For apps told of a wake from sleep or a network return; without it,
+    /// [`SystemClock`](crate::clock::SystemClock) notices a jump within 30 s.
+    ///
+    /// ```
+    /// use access_manager::{clock::ManualClock, fetcher_fn, AccessManager, AccessToken, Backoff, Event};
+    /// use access_manager::FetchError;
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// let online = AtomicBool::new(false);
+    /// let fetcher = fetcher_fn(move |_| {
+    ///     let answer = if online.swap(true, Ordering::SeqCst) {
+    ///         AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").issued_at(start).to_jwt()
+    ///             .map_err(FetchError::permanent)
+    ///     } else {
+    ///         Err(FetchError::transient("offline"))
+    ///     };
+    ///     async move { answer }
+    /// });
+    /// let (manager, mut events) = AccessManager::builder()
+    ///     .clock(ManualClock::new(start))
+    ///     .fetcher(fetcher)
+    ///     .backoff(Backoff::new(Duration::from_secs(60), Duration::from_secs(60)))
+    ///     .build_with_events()
+    ///     .unwrap();
+    /// // The first fetch fails: the next one would wait out up to a minute of backoff…
+    /// assert!(matches!(events.recv().await, Some(Event::RefreshFailed { .. })));
+    /// // …but the app hears that the network is back.
+    /// manager.resume();
+    /// assert!(matches!(events.recv().await, Some(Event::TokenUpdated { .. })));
+    /// assert!(manager.token().is_some());
+    /// # }
+    /// ```
     pub fn resume(&self) {
         self.shared().send(Command::Resume);
     }
@@ -425,6 +833,18 @@ impl AccessManager {
     /// Stops the manager and waits until it has stopped: in-flight fetches and deliveries are
     /// dropped, waiting calls answer `Closed`, subscribers get `Closed`, and the token is
     /// forgotten. Idempotent.
+    ///
+    /// ```
+    /// use access_manager::{AccessManager, AccessToken, UpdateError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef", "SKfedcba9876543210fedcba9876543210", "secret").identity("alice").to_jwt().unwrap();
+    /// let manager = AccessManager::builder().initial_token(&jwt).build().unwrap();
+    /// manager.shutdown().await;
+    /// assert!(manager.token().is_none()); // forgotten
+    /// assert!(matches!(manager.update_token(&jwt).await, Err(UpdateError::Closed)));
+    /// # }
+    /// ```
     pub async fn shutdown(&self) {
         let shared = self.shared();
         shared.send(Command::Shutdown);
@@ -432,6 +852,17 @@ impl AccessManager {
     }
 
     /// Whether the manager has stopped.
+    ///
+    /// ```
+    /// use access_manager::AccessManager;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let manager = AccessManager::builder().build().unwrap();
+    /// assert!(!manager.is_closed());
+    /// manager.shutdown().await;
+    /// assert!(manager.is_closed());
+    /// # }
+    /// ```
     pub fn is_closed(&self) -> bool {
         self.shared().is_closed()
     }

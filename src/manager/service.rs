@@ -1,35 +1,32 @@
-//! Service feedback: what the manager does when a Twilio service refuses its token.
-//!
-//! One rule for the app's reports ([`AccessManager::report_service_error`]) and for consumers'
-//! refusals ([`ConsumerError::rejected`]), about the token the service refused:
-//!
-//! | class | codes | action |
-//! |---|---|---|
-//! | stale: a new token fixes it | 20104 expired, 20105 not yet valid, 51215 unauthorized | [`Refresh`](ServiceAction::Refresh) |
-//! | invalid: the backend mints tokens the service refuses | 20101 invalid, 20102 invalid header, 20103 invalid issuer/subject, 20106 invalid grants, 20107 invalid signature, 20151 unable to authenticate, 20157 lifetime too long, 20160 invalid access token, 51007 token authentication rejected | [`Refresh`](ServiceAction::Refresh) the first time; [`Permanent`](ServiceAction::Permanent) when the next token is refused in this class too |
-//! | anything else, or a manager without a fetcher | | [`Ignore`](ServiceAction::Ignore) |
-//!
-//! While automatic fetching is stopped (after a permanent fetch failure, a `Permanent` action or a
-//! sign-out), stale and invalid codes answer `Permanent`: nothing is fetched until the app acts.
-//!
-//! `Refresh` fetches at once (reason [`FetchReason::Rejected`]), joining a fetch in flight, and the
-//! refused token is not delivered again; when the token that replaced a refused one is refused too,
-//! the fetch waits a backoff instead (the manager's `backoff`, at least 1 s, growing with each token
-//! refused in a row), so that a service refusing every token does not make the manager loop.
-//! `Permanent` stops automatic fetching until
-//! [`refresh()`](crate::AccessManager::refresh) or [`update_token()`](crate::AccessManager::update_token):
-//! the backend must be fixed, not hammered. A report about a token the manager has already replaced
-//! is `Ignore`d: the service has not seen the new one yet. Every report is an
-//! [`Event::ServiceRejected`](crate::Event::ServiceRejected).
-//!
-//! [`AccessManager::report_service_error`]: crate::AccessManager::report_service_error
-//! [`ConsumerError::rejected`]: crate::ConsumerError::rejected
-//! [`FetchReason::Rejected`]: crate::FetchReason::Rejected
+//! Service feedback: the rule that turns a Twilio service's refusal of the token into an action
+//! ([`ServiceAction`], where the rule is documented), and the codes it knows.
 
 use std::fmt;
 
 /// What the manager does about a service's refusal of its token: the answer of
-/// [`report_service_error`](crate::AccessManager::report_service_error), and the `action` of every
+/// [`AccessManager::report_service_error`], and the action taken when a consumer's `update_token`
+/// answers [`ConsumerError::rejected`].
+///
+/// One rule for both, about the token current when the manager's task takes the report (in order
+/// with the app's other calls):
+///
+/// | class | codes | action |
+/// |---|---|---|
+/// | stale: a new token fixes it | 20104 expired, 20105 not yet valid, 51215 unauthorized | [`Refresh`](ServiceAction::Refresh) |
+/// | invalid: the backend mints tokens the service refuses | 20101 invalid, 20102 invalid header, 20103 invalid issuer/subject, 20106 invalid grants, 20107 invalid signature, 20151 unable to authenticate, 20157 lifetime too long, 20160 invalid access token, 51007 token authentication rejected | [`Refresh`](ServiceAction::Refresh) the first time; [`Permanent`](ServiceAction::Permanent) when the next token is refused in this class too |
+/// | anything else, or a manager without a fetcher or without a token | | [`Ignore`](ServiceAction::Ignore) |
+///
+/// While automatic fetching is stopped (after a permanent fetch failure, a `Permanent` action or a
+/// sign-out), stale and invalid codes answer `Permanent`: nothing is fetched until the app acts.
+///
+/// `Refresh` fetches at once (reason [`FetchReason::Rejected`]), joining a fetch in flight, and the
+/// refused token is not delivered again; when the token that replaced a refused one is refused too,
+/// the fetch waits a backoff instead (the manager's `backoff`, at least 1 s, growing with each token
+/// refused in a row), so that a service refusing every token does not make the manager loop.
+/// `Permanent` stops automatic fetching until
+/// [`refresh()`](crate::AccessManager::refresh) or [`update_token()`](crate::AccessManager::update_token):
+/// the backend must be fixed, not hammered. A consumer's refusal of a token the manager has
+/// already replaced is `Ignore`d: the service has not seen the new one yet. Every report is an
 /// [`Event::ServiceRejected`](crate::Event::ServiceRejected).
 ///
 /// ```
@@ -84,6 +81,10 @@ use std::fmt;
 /// assert!(matches!(events.recv().await, Some(Event::TokenUpdated { .. }))); // fetched at once
 /// # Ok(()) }
 /// ```
+///
+/// [`AccessManager::report_service_error`]: crate::AccessManager::report_service_error
+/// [`ConsumerError::rejected`]: crate::ConsumerError::rejected
+/// [`FetchReason::Rejected`]: crate::FetchReason::Rejected
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ServiceAction {
@@ -94,7 +95,7 @@ pub enum ServiceAction {
     /// `update_token()`.
     Permanent,
     /// Nothing to do: the code says nothing about the token, the token was already replaced, or
-    /// the manager has no fetcher.
+    /// the manager has no fetcher (or has stopped).
     Ignore,
 }
 

@@ -42,11 +42,10 @@ pub(super) enum Command {
     },
     Register(Registration),
     Unregister(ConsumerId),
-    /// A service refused the token of `generation`; the handle has answered `action`.
+    /// A service refused the current token with `code`: the driver decides and answers.
     ServiceRefused {
         code: u32,
-        generation: u64,
-        action: ServiceAction,
+        reply: oneshot::Sender<ServiceAction>,
     },
     SignOut {
         reply: oneshot::Sender<()>,
@@ -75,26 +74,21 @@ struct Mailbox {
     closed: bool,
 }
 
-/// The current token as handles read it, with its generation (1 for the first token installed).
+/// The current token as handles read it, with the issuer clock offset it is judged with.
 pub(super) struct Published {
     pub(super) token: AccessToken,
-    pub(super) generation: u64,
+    /// Issuer clock minus manager clock, seconds (0 unless clock-skew estimation applies one).
+    pub(super) applied_offset: i64,
 }
 
 pub(super) struct Shared {
     /// The current token: written by the driver only, read by handles without a lock.
     pub(super) current: ArcSwapOption<Published>,
     pub(super) clock: Arc<dyn Clock>,
-    pub(super) has_fetcher: bool,
     pub(super) counters: Counters,
-    /// The generation of the last token refused with an "invalid" code; 0 for none.
-    pub(super) invalid_strike: AtomicU64,
-    /// Automatic fetching is stopped until `refresh()` or `update_token()`.
-    pub(super) halted: AtomicBool,
-    /// Issuer clock minus manager clock, seconds, as last estimated; `i64::MIN` for none.
+    /// Issuer clock minus manager clock, seconds, as last estimated; `i64::MIN` for none. Written
+    /// by the driver only, which never reads it.
     estimated_offset: AtomicI64,
-    /// The offset timers and validation use (0 unless clock-skew estimation is on).
-    applied_offset: AtomicI64,
     mailbox: Mutex<Mailbox>,
     driver_waker: AtomicWaker,
     /// Made on the first subscription: a manager nobody listens to holds no event buffer.
@@ -122,16 +116,12 @@ pub(super) fn shift(t: SystemTime, secs: i64) -> SystemTime {
 }
 
 impl Shared {
-    pub(super) fn new(clock: Arc<dyn Clock>, has_fetcher: bool, event_capacity: usize) -> Self {
+    pub(super) fn new(clock: Arc<dyn Clock>, event_capacity: usize) -> Self {
         Shared {
             current: ArcSwapOption::empty(),
             clock,
-            has_fetcher,
             counters: Counters::default(),
-            invalid_strike: AtomicU64::new(0),
-            halted: AtomicBool::new(false),
             estimated_offset: AtomicI64::new(i64::MIN),
-            applied_offset: AtomicI64::new(0),
             mailbox: Mutex::new(Mailbox::default()),
             driver_waker: AtomicWaker::new(),
             events: OnceLock::new(),
@@ -231,20 +221,6 @@ impl Shared {
 
     pub(super) fn set_estimated_offset(&self, secs: i64) {
         self.estimated_offset.store(secs, Ordering::Release);
-    }
-
-    pub(super) fn applied_offset(&self) -> i64 {
-        self.applied_offset.load(Ordering::Acquire)
-    }
-
-    pub(super) fn set_applied_offset(&self, secs: i64) {
-        self.applied_offset.store(secs, Ordering::Release);
-    }
-
-    /// The manager's now on the issuer's clock (the clock's now unless clock-skew estimation
-    /// applies an offset): the time tokens are judged at.
-    pub(super) fn token_now(&self) -> SystemTime {
-        shift(self.clock.now(), self.applied_offset())
     }
 
     pub(super) fn is_closed(&self) -> bool {

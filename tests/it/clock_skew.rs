@@ -268,3 +268,90 @@ async fn with_skew_estimation_a_fetched_token_expiring_with_the_held_one_is_take
     assert_eq!(manager.refresh().await.unwrap().as_str(), same_end);
     assert_eq!(manager.token().unwrap().as_str(), same_end);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The offset moves only with a token taken, and moves the held token's deadlines with it.
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_fetched_token_does_not_move_the_clock_offset() {
+    let clock = ManualClock::new(at(T0));
+    let (fetcher, mut calls) = crate::common::scripted();
+    let manager = AccessManager::builder()
+        .clock(clock.clone())
+        .initial_token(mint("alice", T0, 3_600))
+        .estimate_clock_skew(true)
+        .fetcher(fetcher)
+        .build()
+        .unwrap();
+    clock.advance(std::time::Duration::from_secs(700));
+    let refresh = crate::common::spawn_refresh(&manager);
+    // The backend's clock is 3000 s ahead, and it hands out a token for someone else: refused.
+    calls.next().await.ok(mint("bob", T0 + 700 + 3_000, 3_600));
+    assert!(refresh.await.unwrap().is_err());
+    // Judged by the old offset, alice's token has 2900 s left.
+    assert!(
+        !manager.is_expired(),
+        "the refused token's clock was applied"
+    );
+    assert_eq!(
+        manager.stats().next_fetch_at,
+        Some(at(T0 + 3_420)),
+        "the refused token's clock moved the refresh"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_new_offset_moves_the_held_tokens_deadlines_with_it() {
+    let clock = ManualClock::new(at(T0));
+    let (fetcher, mut calls) = crate::common::scripted();
+    let held = mint("alice", T0, 3_600);
+    let manager = AccessManager::builder()
+        .clock(clock.clone())
+        .initial_token(&held)
+        .estimate_clock_skew(true)
+        .fetcher(fetcher)
+        .build()
+        .unwrap();
+    // The device clock is set 3700 s forward: by it, the token expired.
+    clock.set(at(T0 + 3_700));
+    let call = calls.next().await;
+    // The backend, whose clock says T0 + 100, hands back the token held: the device is 3700 s
+    // ahead, and by the issuer's clock the token has 3500 s left.
+    call.ok(held.clone());
+    crate::common::settle().await;
+    assert_eq!(manager.clock_offset(), Some(-3_700));
+    assert!(!manager.is_expired());
+    // Its refresh point, T0 + 3420 on the issuer's clock, is T0 + 3420 + 3700 on the device's.
+    assert_eq!(manager.stats().next_fetch_at, Some(at(T0 + 3_420 + 3_700)));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_offset_the_device_clock_made_wrong_is_dropped_rather_than_refusing_fresh_tokens() {
+    let clock = ManualClock::new(at(T0));
+    let (fetcher, mut calls) = crate::common::scripted();
+    let manager = AccessManager::builder()
+        .clock(clock.clone())
+        .estimate_clock_skew(true)
+        .fetcher(fetcher)
+        .build()
+        .unwrap();
+    // The backend's clock is an hour ahead: applied.
+    calls.next().await.ok(mint("alice", T0 + 3_600, 3_600));
+    crate::common::settle().await;
+    assert_eq!(manager.clock_offset(), Some(3_600));
+    // The device's clock is then set 100 minutes forward: it is now 40 minutes ahead of the
+    // backend's, which mints an hour-long token on its own clock.
+    clock.set(at(T0 + 6_000));
+    let refresh = crate::common::spawn_refresh(&manager);
+    let fresh = mint("alice", T0 + 3_600, 3_600);
+    calls.next().await.ok(fresh.clone());
+    assert_eq!(
+        refresh
+            .await
+            .unwrap()
+            .expect("a fresh token refused")
+            .as_str(),
+        fresh
+    );
+    assert!(!manager.is_expired());
+}

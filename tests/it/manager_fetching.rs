@@ -506,14 +506,12 @@ async fn b10_fresh_token_right_after_a_reported_refusal_fetches_instead_of_answe
         .unwrap();
     // The app hears "expired" (20104) from a service and asks at once for a good token: the
     // manager's task has not run in between.
-    assert_eq!(
-        manager.report_service_error(20104),
-        access_manager::ServiceAction::Refresh
-    );
+    let report = manager.report_service_error(20104);
     let asked = {
         let m = manager.clone();
         tokio::spawn(async move { m.fresh_token(secs(60)).await })
     };
+    assert_eq!(report.await, access_manager::ServiceAction::Refresh);
     let call = calls
         .try_next()
         .await
@@ -623,4 +621,79 @@ fn build_with_events_never_misses_the_initial_fetchs_token_updated() {
             manager.shutdown().await;
         }
     });
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn b10_fresh_token_without_a_fetcher_answers_the_held_token_when_it_qualifies() {
+    let clock = clock();
+    let held = mint("alice", T0, 3600);
+    let manager = manager_holding(&clock, &held);
+    assert_eq!(manager.fresh_token(secs(60)).await.unwrap().as_str(), held);
+    assert!(matches!(
+        manager.fresh_token(secs(3601)).await,
+        Err(RefreshError::NoFetcher)
+    ));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn b5_a_retry_of_a_manual_refresh_keeps_its_reason() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let manager = fetching(&clock, fetcher)
+        .initial_token(mint("alice", T0, 3600))
+        .build()
+        .unwrap();
+    // In the refresh window the backend fails for good; the app asks again.
+    clock.advance_to(at(T0 + 3420));
+    calls
+        .next()
+        .await
+        .answer(Err(FetchError::permanent("backend broken")));
+    let refresh = spawn_refresh(&manager);
+    let manual = calls.next().await;
+    assert_eq!(manual.request.reason(), FetchReason::Manual);
+    manual.fail("down");
+    assert!(refresh.await.unwrap().is_err());
+    clock.advance(secs(1));
+    let retry = calls.next().await;
+    assert_eq!(
+        (retry.request.reason(), retry.request.attempt()),
+        (FetchReason::Manual, 2)
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn b5_a_retry_of_a_fetch_for_a_refused_token_keeps_its_reason() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let manager = fetching(&clock, fetcher)
+        .initial_token(mint("alice", T0, 3600))
+        .build()
+        .unwrap();
+    let _ = manager.report_service_error(20104).await;
+    calls.next().await.fail("down");
+    settle().await;
+    clock.advance(secs(1));
+    let retry = calls.next().await;
+    assert_eq!(
+        (retry.request.reason(), retry.request.attempt()),
+        (FetchReason::Rejected { code: 20104 }, 2)
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn b5_a_token_pushed_before_the_managers_first_turn_stops_the_initial_fetch() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let manager = fetching(&clock, fetcher).build().unwrap();
+    let pushed = mint("alice", T0, 3600);
+    // Sent at the call, before the manager's task has run once.
+    let report = manager.update_token(&pushed);
+    assert!(report.await.unwrap().changed());
+    assert!(
+        calls.try_next().await.is_none(),
+        "fetched over a pushed token"
+    );
+    assert_eq!(manager.token().unwrap().as_str(), pushed);
+    assert_eq!(manager.stats().next_fetch_at, Some(at(T0 + 3420)));
 }

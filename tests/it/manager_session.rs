@@ -112,7 +112,10 @@ async fn a_refused_token_is_not_delivered_again() {
         .initial_token(t1.clone())
         .build()
         .unwrap();
-    assert_eq!(manager.report_service_error(20104), ServiceAction::Refresh);
+    assert_eq!(
+        manager.report_service_error(20104).await,
+        ServiceAction::Refresh
+    );
     let fetch = calls.next().await;
     assert_eq!(
         fetch.request.reason(),
@@ -140,7 +143,10 @@ async fn a_backend_handing_back_the_refused_token_is_retried_with_backoff() {
         .initial_token(t1.clone())
         .build_with_events()
         .unwrap();
-    assert_eq!(manager.report_service_error(51215), ServiceAction::Refresh);
+    assert_eq!(
+        manager.report_service_error(51215).await,
+        ServiceAction::Refresh
+    );
     calls.next().await.ok(t1.clone()); // the backend's cache hands back the refused token
     settle().await;
     let failed: Vec<_> = drain(&mut events)
@@ -171,8 +177,14 @@ async fn reports_join_the_fetch_in_flight() {
         .unwrap();
     let refresh = spawn_refresh(&manager);
     let fetch = calls.next().await;
-    assert_eq!(manager.report_service_error(51215), ServiceAction::Refresh);
-    assert_eq!(manager.report_service_error(20105), ServiceAction::Refresh);
+    assert_eq!(
+        manager.report_service_error(51215).await,
+        ServiceAction::Refresh
+    );
+    assert_eq!(
+        manager.report_service_error(20105).await,
+        ServiceAction::Refresh
+    );
     assert!(calls.try_next().await.is_none(), "a second fetch in flight");
     let t2 = mint("alice", T0 + 1, 3600);
     fetch.ok(t2.clone());
@@ -194,7 +206,10 @@ async fn a_token_pushed_after_a_permanent_failure_is_refreshed_when_a_service_re
 
     // The pushed token resumes automatic fetching, for the service rules too.
     manager.update_token(mint("alice", T0, 3600)).await.unwrap();
-    assert_eq!(manager.report_service_error(51215), ServiceAction::Refresh);
+    assert_eq!(
+        manager.report_service_error(51215).await,
+        ServiceAction::Refresh
+    );
     let fetch = calls.next().await;
     assert_eq!(
         fetch.request.reason(),
@@ -211,7 +226,10 @@ async fn the_same_invalid_class_twice_stops_automatic_fetching_while_refresh_sti
         .build_with_events()
         .unwrap();
 
-    assert_eq!(manager.report_service_error(20107), ServiceAction::Refresh);
+    assert_eq!(
+        manager.report_service_error(20107).await,
+        ServiceAction::Refresh
+    );
     let fetch = calls.next().await;
     assert_eq!(
         fetch.request.reason(),
@@ -224,7 +242,7 @@ async fn the_same_invalid_class_twice_stops_automatic_fetching_while_refresh_sti
 
     // The next token is refused in the same class: the backend must be fixed, not hammered.
     assert_eq!(
-        manager.report_service_error(20151),
+        manager.report_service_error(20151).await,
         ServiceAction::Permanent
     );
     settle().await;
@@ -232,7 +250,7 @@ async fn the_same_invalid_class_twice_stops_automatic_fetching_while_refresh_sti
     clock.advance_to(at(T0 + 1 + 3600 + 600));
     assert!(calls.try_next().await.is_none(), "fetched automatically");
     assert_eq!(
-        manager.report_service_error(51215),
+        manager.report_service_error(51215).await,
         ServiceAction::Permanent
     );
     assert!(calls.try_next().await.is_none(), "fetched after Permanent");
@@ -268,7 +286,10 @@ async fn an_unknown_code_is_ignored_but_reported() {
         .initial_token(mint("alice", T0, 3600))
         .build_with_events()
         .unwrap();
-    assert_eq!(manager.report_service_error(20003), ServiceAction::Ignore);
+    assert_eq!(
+        manager.report_service_error(20003).await,
+        ServiceAction::Ignore
+    );
     assert!(calls.try_next().await.is_none());
     assert_eq!(
         service_rejections(&drain(&mut events).await),
@@ -286,8 +307,14 @@ async fn without_a_fetcher_a_report_is_ignored_and_the_token_kept() {
     let chat = Recorder::new("chat", Mode::Accept);
     manager.register(&chat);
     chat.wait_calls(1).await;
-    assert_eq!(manager.report_service_error(51215), ServiceAction::Ignore);
-    assert_eq!(manager.report_service_error(20107), ServiceAction::Ignore);
+    assert_eq!(
+        manager.report_service_error(51215).await,
+        ServiceAction::Ignore
+    );
+    assert_eq!(
+        manager.report_service_error(20107).await,
+        ServiceAction::Ignore
+    );
     assert_eq!(manager.token().unwrap().as_str(), jwt);
     assert_eq!(
         service_rejections(&drain(&mut events).await),
@@ -307,7 +334,10 @@ async fn after_shutdown_a_report_is_ignored() {
         .build()
         .unwrap();
     manager.shutdown().await;
-    assert_eq!(manager.report_service_error(51215), ServiceAction::Ignore);
+    assert_eq!(
+        manager.report_service_error(51215).await,
+        ServiceAction::Ignore
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -477,7 +507,7 @@ async fn stats_count_a_known_sequence() {
     assert!(manager.update_token("not a token").await.is_err());
     let t2 = mint("alice", T0 + 4, 3600);
     manager.update_token(&t2).await.unwrap();
-    manager.report_service_error(20003);
+    manager.report_service_error(20003).await;
     settle().await;
 
     let stats = manager.stats();
@@ -491,4 +521,91 @@ async fn stats_count_a_known_sequence() {
     assert_eq!(stats.store_failures, 0);
     assert_eq!(stats.last_fetch_duration, Some(secs(2)));
     assert_eq!(stats.next_fetch_at, Some(at(T0 + 4 + 3600 - 180)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The manager's task decides every report, in mailbox order.
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_report_sent_after_refresh_resumed_fetching_is_decided_after_it() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let manager = fetching(&clock, fetcher)
+        .initial_token(mint("alice", T0, 3600))
+        .build()
+        .unwrap();
+    let failed = spawn_refresh(&manager);
+    calls
+        .next()
+        .await
+        .answer(Err(FetchError::permanent("backend broken")));
+    assert!(failed.await.unwrap().is_err());
+    assert_eq!(manager.stats().next_fetch_at, None, "fetching not stopped");
+
+    // `refresh()` is sent (behaviour 6: it resumes automatic fetching), then a service refuses the
+    // held token, before the manager's task has run in between.
+    let mut resumed = Box::pin(manager.refresh());
+    assert!(futures::poll!(resumed.as_mut()).is_pending());
+    let action = manager.report_service_error(51215).await;
+    assert_eq!(action, ServiceAction::Refresh);
+
+    let fetch = calls.next().await;
+    assert_eq!(fetch.request.reason(), FetchReason::Manual);
+    let t2 = mint("alice", T0 + 1, 3600);
+    fetch.ok(t2.clone());
+    assert_eq!(resumed.await.unwrap().as_str(), t2);
+    assert_eq!(
+        manager.stats().next_fetch_at,
+        Some(at(T0 + 1 + 3600 - 180)),
+        "the report stopped automatic fetching again"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_backed_off_fetch_after_a_second_refusal_keeps_the_refusals_reason() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let manager = fetching(&clock, fetcher).build().unwrap();
+    let voice = Recorder::new("voice", Mode::Refuse(51215));
+    manager.register(&voice);
+    calls.next().await.ok(mint("alice", T0, 3600));
+    let again = calls.next().await;
+    assert_eq!(
+        again.request.reason(),
+        FetchReason::Rejected { code: 51215 }
+    );
+    // The replacement is refused too: the next fetch backs off 1 s, and says why it fetches.
+    again.ok(mint("alice", T0 + 1, 3600));
+    voice.wait_calls(2).await;
+    assert!(
+        calls.try_next().await.is_none(),
+        "fetched without backing off"
+    );
+    clock.advance(secs(1));
+    let backed_off = calls.next().await;
+    assert_eq!(
+        backed_off.request.reason(),
+        FetchReason::Rejected { code: 51215 }
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn resume_cutting_a_backoff_publishes_the_next_fetch_it_plans() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let manager = fetching(&clock, fetcher)
+        .initial_token(mint("alice", T0, 3600))
+        .backoff(Backoff::new(secs(120), secs(120)).without_jitter())
+        .build()
+        .unwrap();
+    // 30 s before the refresh window, a refresh fails: the retry waits out 120 s of backoff.
+    clock.advance_to(at(T0 + 3420 - 30));
+    let refresh = spawn_refresh(&manager);
+    calls.next().await.fail("down");
+    assert!(refresh.await.unwrap().is_err());
+    assert_eq!(manager.stats().next_fetch_at, Some(at(T0 + 3420 + 90)));
+    // The app says the network is back: the backoff is over, the refresh window stands.
+    manager.resume();
+    settle().await;
+    assert_eq!(manager.stats().next_fetch_at, Some(at(T0 + 3420)));
 }

@@ -159,3 +159,79 @@ async fn a_timer_armed_early_enough_is_kept_for_later_tokens_and_re_armed_when_i
     clock.advance(secs(1));
     assert_eq!(kinds(&drain(&mut events).await), ["will_expire"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Behaviour 18: a spacing wait only guards a token that is still valid.
+
+/// A manager holding a 24 h token that the backend handed back to `refresh()` (a caching backend):
+/// the next automatic fetch waits for the refresh window and for half the token's remaining life,
+/// 12 h of elapsed time.
+async fn handed_back_a_day_token(clock: &ManualClock) -> (AccessManager, Calls) {
+    let (fetcher, mut calls) = scripted();
+    let held = mint("alice", T0, 24 * 3600);
+    let manager = fetching(clock, fetcher)
+        .initial_token(&held)
+        .build()
+        .unwrap();
+    let refresh = spawn_refresh(&manager);
+    calls.next().await.ok(held.clone());
+    assert_eq!(refresh.await.unwrap().unwrap().as_str(), held);
+    assert_eq!(
+        manager.stats().next_fetch_at,
+        Some(at(T0 + 24 * 3600 - 180))
+    );
+    (manager, calls)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn b18_a_sleep_past_expiry_fetches_at_once_whatever_spacing_was_left() {
+    let clock = clock();
+    let (manager, mut calls) = handed_back_a_day_token(&clock).await;
+    // The laptop sleeps a day and a bit: the wall clock moves, elapsed time does not.
+    clock.set(at(T0 + 25 * 3600));
+    let call = calls
+        .try_next()
+        .await
+        .expect("no fetch for an expired token");
+    assert_eq!(call.request.reason(), FetchReason::Expired);
+    assert!(manager.is_expired());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn b18_resume_after_a_sleep_past_expiry_fetches_at_once() {
+    let clock = clock();
+    let (manager, mut calls) = handed_back_a_day_token(&clock).await;
+    clock.set(at(T0 + 25 * 3600));
+    manager.resume();
+    let call = calls
+        .try_next()
+        .await
+        .expect("no fetch for an expired token");
+    assert_eq!(call.request.reason(), FetchReason::Expired);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn b7_resume_never_shortens_the_spacing_that_guards_a_valid_token() {
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let held = mint("alice", T0, 300);
+    let manager = fetching(&clock, fetcher)
+        .initial_token(&held)
+        .build()
+        .unwrap();
+    clock.advance(secs(180));
+    // In the refresh window the backend hands back the token held, 120 s from its expiry: the
+    // next fetch waits 60 s.
+    calls.next().await.ok(held.clone());
+    settle().await;
+    for _ in 0..20 {
+        manager.resume();
+    }
+    assert!(calls.try_next().await.is_none(), "resume() cut the spacing");
+    assert_eq!(manager.stats().next_fetch_at, Some(at(T0 + 180 + 60)));
+    clock.advance(secs(60));
+    assert!(
+        calls.try_next().await.is_some(),
+        "no fetch once the spacing is over"
+    );
+}

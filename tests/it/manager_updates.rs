@@ -359,7 +359,7 @@ async fn try_recv_hands_out_every_waiting_event_however_many_are_read_in_one_go(
         .unwrap();
     let mut events = manager.subscribe();
     for _ in 0..300 {
-        manager.report_service_error(20003); // an event each
+        manager.report_service_error(20003).await; // an event each
     }
     settle().await;
     // One pass of the task: past tokio's cooperative budget (128), the channel says "not yet".

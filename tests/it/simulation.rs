@@ -80,6 +80,7 @@ mod fetcher;
 mod model;
 mod ops;
 mod rng;
+mod skew;
 mod stop;
 mod timeline;
 mod tokens;
@@ -208,6 +209,29 @@ fn random_histories_keep_every_invariant() {
         seeds.len()
     ));
     assert_eq!(violations, 0, "the simulation found violations (see above)");
+}
+
+#[test]
+fn skewed_backend_histories_keep_the_skew_invariants() {
+    // Each step visits every deadline of hours of token lives: fewer histories by default.
+    let steps = env_number("SIM_STEPS").map_or(DEFAULT_STEPS / 3, |n| n as usize);
+    let seeds: Vec<u64> = match env_number("SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => (0..env_number("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS / 5)).collect(),
+    };
+    let failures: Vec<String> = seeds
+        .iter()
+        .filter_map(|&seed| skew::run(seed, steps).err())
+        .collect();
+    for failure in &failures {
+        say(&format!("simulation (clock skew) VIOLATION: {failure}"));
+    }
+    say(&format!(
+        "simulation (clock skew): {} seeds, {} violations",
+        seeds.len(),
+        failures.len()
+    ));
+    assert!(failures.is_empty(), "the skew simulation found violations");
 }
 
 /// Replays one history that once broke an invariant.

@@ -6,7 +6,8 @@ use super::super::plugin::{self, Plugin, Role};
 use super::super::plugin::{drop_caught, panic_message};
 use super::super::shared::FetchReply;
 use super::super::stats::bump;
-use super::{Driver, Phase, Source, ANY_TIME, MIN_FETCH_SPACING};
+use super::schedule::{Fetching, Next};
+use super::{Driver, Source};
 use crate::event::Event;
 use crate::fetcher::{FetchError, FetchReason, FetchRequest};
 use crate::token::unix_secs;
@@ -32,6 +33,12 @@ pub(super) struct InFlight {
     /// The token generation when the fetch started: a token installed since is newer news.
     started_generation: u64,
     started_at: SystemTime,
+    /// Why it fetches; a retry keeps the reason.
+    reason: FetchReason,
+    /// 1 for the first try of a refresh.
+    attempt: u32,
+    /// A service refused the backend's tokens while it ran: no automatic fetch after it.
+    pub(super) halt_after: bool,
 }
 
 /// A `refresh()` or `fresh_token()` call joined to the fetch.
@@ -74,10 +81,6 @@ impl Driver {
         reply: FetchReply,
         now: SystemTime,
     ) {
-        if self.config.fetcher.is_none() {
-            let _ = reply.send(Err(RefreshError::NoFetcher));
-            return;
-        }
         if let (Some(min), Some(c)) = (min_remaining, &self.current) {
             // `expires_at` is on the device's clock, skew applied.
             let left = c.expires_at.duration_since(now).unwrap_or_default();
@@ -86,19 +89,22 @@ impl Driver {
                 return;
             }
         }
+        if self.config.fetcher.is_none() {
+            let _ = reply.send(Err(RefreshError::NoFetcher));
+            return;
+        }
         if from_fetcher {
             // The fetch it would join is its caller's own.
             let _ = reply.send(Err(RefreshError::Reentrant));
             return;
         }
         // The app asks: automatic fetching resumes, whatever stopped it.
-        self.set_halted(false);
-        self.set_invalid_strike(0);
-        if self.fetch.is_none() {
-            self.failures = 0;
-            self.start_fetch(FetchReason::Manual, now);
+        self.invalid_strike = 0;
+        match self.fetching.in_flight() {
+            Some(fetch) => fetch.halt_after = false,
+            None => self.start_fetch(FetchReason::Manual, 1, now),
         }
-        if let Some(fetch) = &mut self.fetch {
+        if let Some(fetch) = self.fetching.in_flight() {
             fetch.waiters.push(Waiter {
                 reply,
                 min_remaining,
@@ -106,13 +112,12 @@ impl Driver {
         }
     }
 
-    pub(super) fn start_fetch(&mut self, reason: FetchReason, now: SystemTime) {
+    /// Starts attempt `attempt` of a fetch for `reason`, in place of any planned one.
+    pub(super) fn start_fetch(&mut self, reason: FetchReason, attempt: u32, now: SystemTime) {
         let Some(fetcher) = self.config.fetcher.clone() else {
             return;
         };
-        self.plan_fetch(None, None);
         bump(&self.shared.counters.fetches);
-        let attempt = self.failures + 1;
         let request = FetchRequest::new(
             reason,
             attempt,
@@ -148,16 +153,21 @@ impl Driver {
             }
         };
         let future = plugin::scope(plugin, future);
-        self.fetch = Some(Box::new(InFlight {
+        let fetch = InFlight {
             future: tracing::Instrument::instrument(future, span).boxed(),
             waiters: Vec::new(),
             started_generation: self.generation,
             started_at: now,
-        }));
+            reason,
+            attempt,
+            halt_after: false,
+        };
+        self.set_unplanned(Fetching::InFlight(Box::new(fetch)));
     }
 
     pub(super) fn on_fetched(&mut self, result: Result<String, FetchError>) {
-        let Some(fetch) = self.fetch.take() else {
+        let Fetching::InFlight(fetch) = std::mem::replace(&mut self.fetching, Fetching::Idle)
+        else {
             return;
         };
         let now = self.shared.clock.now();
@@ -182,26 +192,29 @@ impl Driver {
         let (token, changed) = match outcome {
             Ok(taken) => taken,
             Err(error) => {
-                self.on_fetch_failed(&error, now);
+                self.on_fetch_failed(&error, &fetch, now);
                 (*fetch).fail(error);
                 return;
             }
         };
-        self.failures = 0;
+        // A token installed while the fetch ran is newer news: its refresh plan stands without
+        // a spacing (a wait of half its life would outlast its refresh window if the wall clock
+        // jumps forward meanwhile).
+        let fetched = changed || fetch.started_generation == self.generation;
         if changed {
             self.install_and_publish(token.clone(), Source::Fetcher, now, None);
-        } else if let Some(c) = self
-            .current
-            .as_ref()
-            // A token installed while the fetch ran planned the next fetch itself: that plan
-            // stands (a wait of half its life would outlast its refresh window if the wall clock
-            // jumps forward meanwhile).
-            .filter(|_| fetch.started_generation == self.generation)
-        {
-            // The backend handed back the token held, or an older one: wait as for a new short one.
-            let half_life = c.expires_at.duration_since(now).unwrap_or_default() / 2;
-            let at = c.will_expire_at;
-            self.plan_fetch(Some(at), Some(half_life.max(MIN_FETCH_SPACING)));
+        }
+        if fetch.halt_after {
+            self.set_unplanned(Fetching::Halted);
+        } else {
+            // A fetched token, new or the one held handed back: the next fetch waits at least half
+            // its remaining life (behaviour 7).
+            let spacing = self
+                .current
+                .as_ref()
+                .filter(|_| fetched)
+                .map(|c| c.expires_at.duration_since(now).unwrap_or_default() / 2);
+            self.plan(Next::Renew { spacing }, now);
         }
         let now = self.token_time(now);
         for waiter in fetch.waiters {
@@ -216,11 +229,12 @@ impl Driver {
         }
     }
 
-    /// Estimates the issuer's clock offset from a fetched token's `iat` (else `nbf`); applies it
-    /// when skew estimation is on; reports a large one once.
-    fn observe_issuer_clock(&mut self, token: &AccessToken, now: SystemTime) {
+    /// Estimates the issuer's clock offset from a fetched token's `iat` (else `nbf`) and reports a
+    /// large one once; answers the offset to judge and schedule the token with (the one applied
+    /// now, unless skew estimation is on and the estimate applies).
+    fn observe_issuer_clock(&mut self, token: &AccessToken, now: SystemTime) -> i64 {
         let Some(start) = token.start_secs() else {
-            return;
+            return self.applied_offset;
         };
         let offset = (start as i64).saturating_sub(unix_secs(now) as i64);
         self.shared.set_estimated_offset(offset);
@@ -229,18 +243,25 @@ impl Driver {
         // ahead of the issuer: only a token that also looks (nearly) expired here moves the clock
         // back, or a cached token would be scheduled past its real expiry.
         let applicable = offset >= 0 || nearly_expired;
-        if self.config.estimate_clock_skew
-            && applicable
-            && offset.unsigned_abs() <= MAX_SKEW.as_secs()
-        {
+        // The issuer minted the token valid: its clock is somewhere in [iat, exp).
+        let expires_in = (token.exp_secs() as i64).saturating_sub(unix_secs(now) as i64);
+        let possible = offset..expires_in;
+        let to_apply = if !self.config.estimate_clock_skew {
+            self.applied_offset
+        } else if applicable && offset.unsigned_abs() <= MAX_SKEW.as_secs() {
             // Within a couple of seconds the clocks agree: keep exact local scheduling.
-            let applied = if offset.unsigned_abs() <= 2 {
+            if offset.unsigned_abs() <= 2 {
                 0
             } else {
                 offset
-            };
-            self.shared.set_applied_offset(applied);
-        }
+            }
+        } else if possible.contains(&self.applied_offset) {
+            self.applied_offset
+        } else {
+            // The offset applied so far cannot be (the device's clock was set since): without a
+            // usable estimate, the manager's own clock, which the token allows, is the best guess.
+            0
+        };
         // Issued in the future: the device is behind. Issued long ago and (nearly) expired on the
         // device: it is ahead (or the backend hands out stale tokens; worth saying either way).
         let threshold = SKEW_REPORT_THRESHOLD.as_secs() as i64;
@@ -256,6 +277,7 @@ impl Driver {
                 offset_secs: offset,
             });
         }
+        to_apply
     }
 
     /// A fetched token that expires before the one held is not taken when a newer token was
@@ -285,15 +307,23 @@ impl Driver {
                 return Err(RefreshError::Rejected(e));
             }
         };
-        self.observe_issuer_clock(&token, now);
+        let offset = self.observe_issuer_clock(&token, now);
         if self.is_stale(&token, started_generation) {
             tracing::warn!("fetched token expires before the token held; keeping the held one");
             if let Some(c) = &self.current {
                 return Ok((c.token.clone(), false));
             }
         }
-        match self.check(&token, now) {
-            Ok(changed) => Ok((token, changed)),
+        match self.check_with_offset(&token, now, offset) {
+            Ok(changed) => {
+                // The issuer's clock moves only with a token taken; the held token's deadlines
+                // move with it.
+                if offset != self.applied_offset {
+                    self.applied_offset = offset;
+                    self.place_current();
+                }
+                Ok((token, changed))
+            }
             Err(e) => {
                 self.reject(&e);
                 Err(RefreshError::Rejected(e))
@@ -311,40 +341,35 @@ impl Driver {
             .min(MAX_LIFETIME)
     }
 
-    fn on_fetch_failed(&mut self, error: &RefreshError, now: SystemTime) {
-        self.failures = self.failures.saturating_add(1);
+    fn on_fetch_failed(&mut self, error: &RefreshError, fetch: &InFlight, now: SystemTime) {
         bump(&self.shared.counters.fetch_failures);
         let (permanent, retry_after) = match error {
             RefreshError::Fetch(e) => (e.is_permanent(), e.retry_after()),
             _ => (false, None),
         };
-        if permanent {
-            self.set_halted(true);
-        }
-        let retry_at = if self.halted {
-            self.plan_fetch(None, None);
+        let attempt = fetch.attempt;
+        let retry_at = if permanent || fetch.halt_after {
+            self.set_unplanned(Fetching::Halted);
             None
         } else {
             // A zero backoff must not spin the driver on a fetcher that fails at once.
             let at_least = retry_after.unwrap_or(Duration::ZERO).max(MIN_RETRY_WAIT);
-            let wait = self.backoff_wait(self.failures, at_least);
-            // The token is still good (fresh, and no service refused it): no need to retry before
-            // its refresh window.
-            let at = match &self.current {
-                Some(c) if c.phase == Phase::Fresh && !c.refused => c.will_expire_at,
-                _ => ANY_TIME,
+            let backoff = self.backoff_wait(attempt, at_least);
+            let next = Next::Retry {
+                reason: fetch.reason,
+                attempt: attempt.saturating_add(1),
+                backoff,
             };
-            self.plan_fetch(Some(at), Some(wait));
-            Some(at.max(crate::clock::saturating_add(now, wait)))
+            self.plan(next, now)
         };
         tracing::warn!(
-            attempt = self.failures,
+            attempt,
             permanent,
             retry_in_s = retry_at.map(|at| unix_secs(at).saturating_sub(unix_secs(now))),
             error = %error,
             "token refresh failed"
         );
-        let (attempt, error) = (self.failures, error.to_string());
+        let error = error.to_string();
         self.shared.emit(|| Event::RefreshFailed {
             attempt,
             error,

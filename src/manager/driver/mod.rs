@@ -11,7 +11,6 @@ use super::stats::bump;
 use crate::backoff::{Backoff, SplitMix64};
 use crate::clock::{saturating_add, Sleep};
 use crate::event::Event;
-use crate::fetcher::FetchReason;
 use crate::store::TokenStore;
 use crate::{AccessToken, FetchLimiter, TokenFetcher};
 use std::collections::VecDeque;
@@ -23,10 +22,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod fetching;
 mod persist;
+mod schedule;
 mod session;
 
-use fetching::InFlight;
 use persist::Persistence;
+use schedule::{Fetching, Next};
 
 /// What the builder hands the driver.
 pub(super) struct Config {
@@ -35,11 +35,17 @@ pub(super) struct Config {
     pub(super) fetch_timeout: Duration,
     pub(super) consumer_timeout: Duration,
     pub(super) backoff: Backoff,
-    pub(super) seed: u64,
     pub(super) limiter: Option<FetchLimiter>,
     pub(super) refresh_jitter: Duration,
     pub(super) estimate_clock_skew: bool,
+}
+
+/// What the builder hands the driver beside its [`Config`], used once at start.
+pub(super) struct Start {
+    pub(super) initial: Option<AccessToken>,
     pub(super) store: Option<Arc<dyn TokenStore>>,
+    /// The jitter's seed.
+    pub(super) seed: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -50,13 +56,14 @@ enum Phase {
 }
 
 /// The current token and where it stands.
+/// Its generation is the driver's `generation`.
 struct Current {
     token: AccessToken,
-    generation: u64,
     phase: Phase,
-    /// On the manager's clock (the issuer's times shifted by the estimated offset).
-    will_expire_at: SystemTime,
+    /// On the manager's clock (the issuer's `exp` shifted by the applied offset).
     expires_at: SystemTime,
+    /// How long after its refresh point its automatic refresh starts (`refresh_jitter`).
+    jitter: Duration,
     /// A service refused it: it is not delivered again.
     refused: bool,
     /// How many tokens in a row a service refused before this one.
@@ -79,17 +86,12 @@ pub(super) struct Driver {
     current: Option<Current>,
     /// The generation of the last token installed (0 before the first).
     generation: u64,
-    /// Boxed: most of the time there is none, and an idle manager is mostly its driver.
-    fetch: Option<Box<InFlight>>,
-    /// The next automatic fetch starts once the wall clock reaches this…
-    next_fetch: Option<SystemTime>,
-    /// …and this elapsed-time wait (backoff after a failure, spacing after a short token) is over.
-    fetch_wait: Option<Sleep>,
-    /// Failed attempts of the refresh under way.
-    failures: u32,
-    /// Automatic fetching stopped (a permanent failure, a service refusing every token, sign-out)
-    /// until `refresh()` or `update_token()`.
-    halted: bool,
+    fetching: Fetching,
+    /// The generation of the last token a service refused with an "invalid" code (0: none).
+    invalid_strike: u64,
+    /// Issuer clock minus manager clock, in seconds, as timers and validation use it (0 unless
+    /// clock-skew estimation applies one).
+    applied_offset: i64,
     fanout: Fanout,
     /// The commands of the turn, swapped with the mailbox's queue.
     inbox: VecDeque<Command>,
@@ -123,41 +125,41 @@ impl Future for Driver {
 }
 
 impl Driver {
-    pub(super) fn new(
-        mut config: Config,
-        shared: Arc<Shared>,
-        initial: Option<AccessToken>,
-    ) -> Self {
+    pub(super) fn new(config: Config, shared: Arc<Shared>, start: Start) -> Self {
+        let Start {
+            initial,
+            store,
+            seed,
+        } = start;
         let now = shared.clock.now();
-        let persistence = config.store.take().map(|store| {
+        let persistence = store.map(|store| {
             // Without an initial token, the stored one (if valid) is taken before any fetch.
             Box::new(Persistence::new(store, initial.is_none()))
         });
         let mut driver = Driver {
             persistence,
-            rng: SplitMix64::new(config.seed),
+            rng: SplitMix64::new(seed),
             fanout: Fanout::new(config.consumer_timeout),
             config,
             shared,
             current: None,
             generation: 0,
-            fetch: None,
-            next_fetch: None,
-            fetch_wait: None,
-            failures: 0,
-            halted: false,
+            fetching: Fetching::Idle,
+            invalid_strike: 0,
+            applied_offset: 0,
             inbox: VecDeque::new(),
             timer: None,
             skew_reported: false,
             stopped: false,
         };
         let loading = driver.persistence.as_ref().is_some_and(|p| p.loading);
-        match initial {
-            Some(token) => driver.install(token, Source::App, now),
-            None if driver.config.fetcher.is_some() && !loading => {
-                driver.plan_fetch(Some(ANY_TIME), None)
-            }
-            None => {}
+        if let Some(token) = initial {
+            driver.install(token, Source::App);
+        }
+        // The first fetch starts on the driver's first turn, after the commands sent before it:
+        // a token pushed right after `build()` is taken first.
+        if !loading {
+            driver.plan(Next::Renew { spacing: None }, now);
         }
         driver
     }
@@ -174,10 +176,9 @@ impl Driver {
         // must not keep the manager from closing, or `shutdown()` would wait forever.
         // The store's queued operations and the unread commands may hold tokens: none is kept.
         let owned = (
-            self.fetch.take(),
+            std::mem::replace(&mut self.fetching, Fetching::Idle),
             self.config.fetcher.take(),
             self.timer.take(),
-            self.fetch_wait.take(),
             self.persistence.take(),
             std::mem::take(&mut self.inbox),
         );
@@ -192,7 +193,8 @@ impl Driver {
     fn step(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             let handles_gone = self.shared.take_commands(&mut self.inbox, cx.waker());
-            // One clock reading a pass. Timers first, so that commands see the state as of now.
+            // One clock reading a pass. The token's phase first, so that commands see the state
+            // as of now; the automatic fetch last, so that it sees what the commands changed.
             let now = self.shared.clock.now();
             self.on_time(now);
             while let Some(command) = self.inbox.pop_front() {
@@ -204,7 +206,8 @@ impl Driver {
             if handles_gone {
                 return Poll::Ready(());
             }
-            if let Some(fetch) = &mut self.fetch {
+            self.fetch_if_due(now);
+            if let Some(fetch) = self.fetching.in_flight() {
                 if let Poll::Ready(result) = fetch.poll(cx) {
                     self.on_fetched(result);
                     continue;
@@ -217,11 +220,8 @@ impl Driver {
             if self.poll_store(cx) {
                 continue;
             }
-            if let Some(wait) = &mut self.fetch_wait {
-                if wait.as_mut().poll(cx).is_ready() {
-                    self.fetch_wait = None;
-                    continue;
-                }
+            if self.poll_wait(cx) {
+                continue;
             }
             let deadline = self.next_deadline();
             if self.must_rearm(deadline) {
@@ -241,15 +241,11 @@ impl Driver {
     /// fetch once its elapsed-time wait is over.
     fn next_deadline(&self) -> Option<SystemTime> {
         let phase = self.current.as_ref().and_then(|c| match c.phase {
-            Phase::Fresh => Some(c.will_expire_at),
+            Phase::Fresh => Some(c.will_expire_at(self.config.refresh_ahead)),
             Phase::WillExpire => Some(c.expires_at),
             Phase::Expired => None,
         });
-        let fetch = match (&self.fetch, &self.fetch_wait) {
-            (None, None) => self.next_fetch,
-            _ => None,
-        };
-        match (phase, fetch) {
+        match (phase, self.fetch_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -280,15 +276,15 @@ impl Driver {
                 reply,
             } => self.on_refresh(min_remaining, from_fetcher, reply, now),
             Command::Register(registration) => {
-                let current = deliverable(&self.current);
+                let current = deliverable(&self.current, self.generation);
                 self.fanout.register(&self.shared, registration, current);
             }
             Command::Unregister(id) => self.fanout.unregister(&self.shared, id),
-            Command::ServiceRefused {
-                code,
-                generation,
-                action,
-            } => self.on_service_refused(code, generation, action, now),
+            Command::ServiceRefused { code, reply } => {
+                let generation = self.current.as_ref().map_or(0, |_| self.generation);
+                let action = self.on_service_refused(code, generation, now);
+                let _ = reply.send(action);
+            }
             Command::SignOut { reply } => self.on_sign_out(reply),
             Command::Resume => self.on_resume(now),
             Command::Shutdown => {}
@@ -297,7 +293,7 @@ impl Driver {
 
     /// A consumer's call ended.
     fn on_delivered(&mut self, done: Done) {
-        let current = deliverable(&self.current);
+        let current = deliverable(&self.current, self.generation);
         if let Some(refusal) = self.fanout.finish(&self.shared, done, current) {
             let now = self.shared.clock.now();
             self.on_consumer_refused(refusal, now);
@@ -306,14 +302,25 @@ impl Driver {
 
     /// The manager's now on the issuer's clock, at which tokens are judged.
     fn token_time(&self, now: SystemTime) -> SystemTime {
-        shift(now, self.shared.applied_offset())
+        shift(now, self.applied_offset)
     }
 
     /// Checks an offered token against the time and the token held: `Ok(false)` for the token
     /// held.
     fn check(&self, token: &AccessToken, now: SystemTime) -> Result<bool, UpdateError> {
+        self.check_with_offset(token, now, self.applied_offset)
+    }
+
+    /// [`check`](Self::check), judging the token with the issuer's clock `offset` seconds from the
+    /// manager's.
+    fn check_with_offset(
+        &self,
+        token: &AccessToken,
+        now: SystemTime,
+        offset: i64,
+    ) -> Result<bool, UpdateError> {
         token
-            .validate_at(self.token_time(now))
+            .validate_at(shift(now, offset))
             .map_err(UpdateError::Invalid)?;
         if let Some(current) = &self.current {
             let held = &current.token;
@@ -362,9 +369,7 @@ impl Driver {
             }
             Ok(true) => {
                 // A pushed token restarts the refresh cycle, after a permanent failure too.
-                self.failures = 0;
-                self.set_halted(false);
-                self.set_invalid_strike(0);
+                self.invalid_strike = 0;
                 if from_consumer {
                     // Its caller is a consumer: deliveries would wait for it.
                     self.install_and_publish(token.clone(), Source::App, now, None);
@@ -372,22 +377,22 @@ impl Driver {
                 } else {
                     self.install_and_publish(token, Source::App, now, Some(reply));
                 }
+                match self.fetching.in_flight() {
+                    // The fetch plans the next one when it ends.
+                    Some(fetch) => fetch.halt_after = false,
+                    None => {
+                        self.plan(Next::Renew { spacing: None }, now);
+                    }
+                }
             }
         }
     }
 
-    /// Makes `token` current and schedules its timers and the next automatic fetch.
-    fn install(&mut self, token: AccessToken, source: Source, now: SystemTime) {
+    /// Makes `token` current and publishes it; its timers follow from its deadlines. The caller
+    /// plans the next fetch.
+    fn install(&mut self, token: AccessToken, source: Source) {
         self.generation += 1;
-        // On the manager's clock: the issuer's `exp` less the issuer's lead.
-        let expires_at = shift(token.expires_at(), -self.shared.applied_offset());
-        let will_expire_at = expires_at
-            .checked_sub(self.config.refresh_ahead)
-            .unwrap_or(UNIX_EPOCH);
-        self.shared.current.store(Some(Arc::new(Published {
-            token: token.clone(),
-            generation: self.generation,
-        })));
+        let jitter = self.rng.up_to(self.config.refresh_jitter);
         bump(&self.shared.counters.tokens_installed);
         if let Some(persistence) = self
             .persistence
@@ -396,17 +401,6 @@ impl Driver {
         {
             persistence.save(&token);
         }
-        if self.config.fetcher.is_some() && !self.halted {
-            let at = saturating_add(will_expire_at, self.rng.up_to(self.config.refresh_jitter));
-            // Tokens shorter than the lead must not make the fetcher loop (behaviour 7).
-            let spacing = (source == Source::Fetcher)
-                .then(|| {
-                    let half_life = expires_at.duration_since(now).unwrap_or_default() / 2;
-                    half_life.max(MIN_FETCH_SPACING)
-                })
-                .filter(|spacing| saturating_add(now, *spacing) > at);
-            self.plan_fetch(Some(at), spacing);
-        }
         let refused_before = self
             .current
             .as_ref()
@@ -414,13 +408,28 @@ impl Driver {
             .map_or(0, |c| c.refused_before.saturating_add(1));
         self.current = Some(Current {
             token,
-            generation: self.generation,
             phase: Phase::Fresh,
-            will_expire_at,
-            expires_at,
+            expires_at: UNIX_EPOCH,
+            jitter,
             refused: false,
             refused_before,
         });
+        self.place_current();
+    }
+
+    /// Computes the current token's deadlines on the manager's clock from the applied offset, and
+    /// publishes it with that offset: at install, and again when the offset changes.
+    fn place_current(&mut self) {
+        let offset = self.applied_offset;
+        let Some(c) = &mut self.current else {
+            return;
+        };
+        // On the manager's clock: the issuer's `exp` less the issuer's lead.
+        c.expires_at = shift(c.token.expires_at(), -offset);
+        self.shared.current.store(Some(Arc::new(Published {
+            token: c.token.clone(),
+            applied_offset: offset,
+        })));
     }
 
     fn install_and_publish(
@@ -430,7 +439,7 @@ impl Driver {
         now: SystemTime,
         reply: Option<ReportReply>,
     ) {
-        self.install(token.clone(), source, now);
+        self.install(token.clone(), source);
         tracing::info!(
             generation = self.generation,
             identity = token.identity().unwrap_or(""),
@@ -447,19 +456,11 @@ impl Driver {
         self.on_time(now);
     }
 
-    /// Plans the next automatic fetch: once the wall clock reaches `at` and `wait` has elapsed.
-    fn plan_fetch(&mut self, at: Option<SystemTime>, wait: Option<Duration>) {
-        self.next_fetch = at;
-        self.fetch_wait = wait.map(|wait| self.shared.clock.sleep(wait));
-        let now = self.shared.clock.now();
-        let planned = at.map(|at| at.max(saturating_add(now, wait.unwrap_or_default())));
-        self.shared.counters.set_next_fetch_at(planned);
-    }
-
-    /// Fires what is due: WillExpire, Expired, and the automatic fetch.
+    /// Moves the token's phase to the time: WillExpire, then Expired.
     fn on_time(&mut self, now: SystemTime) {
+        let lead = self.config.refresh_ahead;
         if let Some(c) = &mut self.current {
-            if c.phase == Phase::Fresh && now >= c.will_expire_at {
+            if c.phase == Phase::Fresh && now >= c.will_expire_at(lead) {
                 c.phase = Phase::WillExpire;
                 let token = c.token.clone();
                 self.shared.emit(|| Event::TokenWillExpire { token });
@@ -471,40 +472,30 @@ impl Driver {
                 self.shared.emit(|| Event::TokenExpired { token });
             }
         }
-        let due = self.next_fetch.is_some_and(|at| now >= at);
-        if due && self.fetch.is_none() && self.fetch_wait.is_none() && !self.halted {
-            let reason = match &self.current {
-                None => FetchReason::Initial,
-                Some(c) if now >= c.expires_at => FetchReason::Expired,
-                Some(_) => FetchReason::WillExpire,
-            };
-            self.start_fetch(reason, now);
-        }
-    }
-
-    /// Publishes the generation of the last token refused with an invalid code (0: none).
-    fn set_invalid_strike(&self, generation: u64) {
-        self.shared
-            .invalid_strike
-            .store(generation, std::sync::atomic::Ordering::Release);
     }
 }
 
-/// A fetch planned at this wall time waits for no wall-clock instant, only for its elapsed-time
-/// wait (if any): setting the clock back must not delay it.
-const ANY_TIME: SystemTime = UNIX_EPOCH;
+impl Current {
+    /// Its refresh point on the manager's clock: `lead` before it expires, when `TokenWillExpire`
+    /// fires.
+    fn will_expire_at(&self, lead: Duration) -> SystemTime {
+        self.expires_at.checked_sub(lead).unwrap_or(UNIX_EPOCH)
+    }
 
-/// The shortest wait before an automatic fetch after a fetched token arrived (behaviour 7).
-const MIN_FETCH_SPACING: Duration = Duration::from_secs(1);
+    /// When its automatic refresh starts: its refresh point, spread by the jitter.
+    fn refresh_at(&self, lead: Duration) -> SystemTime {
+        saturating_add(self.will_expire_at(lead), self.jitter)
+    }
+}
 
-/// The current token, unless a service refused it.
-fn deliverable(current: &Option<Current>) -> Option<Deliverable<'_>> {
+/// The current token (of `generation`), unless a service refused it.
+fn deliverable(current: &Option<Current>, generation: u64) -> Option<Deliverable<'_>> {
     current
         .as_ref()
         .filter(|c| !c.refused)
         .map(|c| Deliverable {
             token: &c.token,
-            generation: c.generation,
+            generation,
         })
 }
 

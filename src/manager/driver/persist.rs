@@ -4,7 +4,8 @@
 //! stop.
 
 use super::super::stats::bump;
-use super::{Driver, Source, ANY_TIME};
+use super::schedule::{Fetching, Next};
+use super::{Driver, Source};
 use crate::store::TokenStore;
 use crate::AccessToken;
 use std::future::Future;
@@ -151,9 +152,9 @@ impl Driver {
                 }
             }
         }
-        if self.current.is_none() && self.config.fetcher.is_some() && !self.halted {
-            self.plan_fetch(Some(ANY_TIME), None);
-            self.on_time(now);
+        // A fetch the app started meanwhile plans the next one when it ends.
+        if matches!(self.fetching, Fetching::Idle | Fetching::Planned(_)) {
+            self.plan(Next::Renew { spacing: None }, now);
         }
     }
 }

@@ -153,20 +153,33 @@ impl World {
             let asked_by_service = |code: u32| {
                 self.asks.report_codes.contains(&code) || self.asks.consumer_codes.contains(&code)
             };
+            // A retry keeps its reason: an automatic one, so not while fetching is stopped.
+            let retry = call.attempt > 1;
+            if retry && self.asks.halted_at_start {
+                return Err(format!(
+                    "a retry ({}, attempt {}) while automatic fetching is stopped",
+                    call.reason, call.attempt
+                ));
+            }
+            let refused_held = call.current.as_ref().is_some_and(|token| {
+                self.installs
+                    .iter()
+                    .rev()
+                    .find(|i| i.token == *token)
+                    .is_some_and(|i| i.refused)
+            });
             match call.reason {
                 FetchReason::Manual => {
-                    if !self.asks.manual {
+                    if !retry && !self.asks.manual {
                         return Err(
                             "a Manual fetch although no refresh() or fresh_token() needed one"
                                 .into(),
                         );
                     }
-                    if call.attempt != 1 {
-                        return Err(format!("a Manual fetch as attempt {}", call.attempt));
-                    }
                 }
                 FetchReason::Rejected { code } => {
-                    if !asked_by_service(code) {
+                    // Reported now, or the backed-off fetch (or a retry) for a refused token.
+                    if !asked_by_service(code) && !retry && !refused_held {
                         return Err(format!(
                             "a fetch for a service refusal ({code}) nobody reported in this step"
                         ));

@@ -342,7 +342,7 @@ impl World {
                 };
                 let predicted = self.predict_service_action(code);
                 self.note(format!("report_service_error({code})"));
-                let action = self.manager().report_service_error(code);
+                let action = self.manager().report_service_error(code).await;
                 if action != predicted {
                     return Err(format!(
                         "report_service_error({code}) answered {action:?}, the service rules say {predicted:?}"

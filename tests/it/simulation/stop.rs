@@ -54,7 +54,7 @@ impl World {
             Err(RefreshError::Closed) => {}
             other => return Err(format!("fresh_token after shutdown answered {other:?}")),
         }
-        if manager.report_service_error(51215) != ServiceAction::Ignore {
+        if manager.report_service_error(51215).await != ServiceAction::Ignore {
             return Err("report_service_error after shutdown did not answer Ignore".into());
         }
         manager.sign_out().await;
