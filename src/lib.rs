@@ -30,7 +30,7 @@ pub use backoff::Backoff;
 pub use consumer::{ConsumerError, ConsumerId, TokenConsumer};
 pub use event::{Event, Events};
 pub use fetcher::{fetcher_fn, FetchError, FetchReason, FetchRequest, TokenFetcher};
-pub use limiter::FetchLimiter;
+pub use limiter::{FetchLimiter, FetchLimiterBuilder};
 pub use manager::error::{BuildError, RefreshError, UpdateError, UpdateReport};
 pub use manager::service::ServiceAction;
 pub use manager::stats::Stats;

@@ -86,6 +86,8 @@ fn main() {
     runtime.block_on(deadlines(&options));
     if options.storm {
         runtime.block_on(storms(options.storm_managers));
+        runtime.block_on(cold_start(options.storm_managers));
+        runtime.block_on(steady(options.storm_managers));
     }
     if let Some(updates) = options.updates {
         runtime.block_on(churn(updates));
@@ -157,11 +159,28 @@ async fn deadlines(options: &Options) {
     }
 }
 
+/// `PASS` or `FAIL`.
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "MET"
+    } else {
+        "NOT MET"
+    }
+}
+
+/// The value at fraction `q` of sorted `values`.
+fn quantile(values: &[f64], q: f64) -> f64 {
+    values
+        .get(((values.len().saturating_sub(1)) as f64 * q).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
+}
+
 async fn storms(managers: usize) {
     use sim::storm::{run, Config};
     println!();
-    println!("== fetch storm: {managers} managers, every token expiring at one instant, refresh_ahead 180 s, \
-              each fetch 2 s (fake clock)");
+    println!("== fetch storm: {managers} managers, every token expiring at one instant (exp), refresh_ahead 180 s \
+              (deadline = exp - 180 s), each fetch 2 s (fake clock)");
     let cases = [
         ("(a) nothing", Config::new(managers)),
         (
@@ -175,27 +194,119 @@ async fn storms(managers: usize) {
                 .jitter(Duration::from_secs(120))
                 .limit(64),
         ),
+        (
+            "(e) limiter 64, backend 429 > 32",
+            Config::new(managers).limit(64).throttle_above(32),
+        ),
     ];
+    let mut reports = Vec::new();
     for (name, config) in cases {
         let r = run(&config).await;
-        let first = r.starts.first().map_or(0.0, |t| {
-            t.duration_since(r.expiry)
-                .map_or_else(|e| -e.duration().as_secs_f64(), |d| d.as_secs_f64())
-        });
-        let last = r.starts.last().map_or(0.0, |t| {
-            t.duration_since(r.expiry)
-                .map_or_else(|e| -e.duration().as_secs_f64(), |d| d.as_secs_f64())
-        });
-        println!("{name:32} peak concurrent fetches {:5}  max starts in one second {:5}  starts from exp{first:+.0} s to exp{last:+.0} s  \
-                  last answer exp{:+.0} s  refreshed before expiry {}/{}  ({} fetches, {:.2} s wall)",
-            r.peak, r.max_starts_per_second(), r.last_answer_vs_expiry(), r.refreshed_in_time, r.managers, r.starts.len(), r.wall.as_secs_f64());
+        let first = r
+            .starts
+            .first()
+            .map_or(0.0, |t| sim::storm::secs_from(r.expiry, *t));
+        let last = r
+            .starts
+            .last()
+            .map_or(0.0, |t| sim::storm::secs_from(r.expiry, *t));
+        println!("{name:34} peak concurrent {:5}  max starts/s {:5}  starts exp{first:+.0} s .. exp{last:+.0} s  \
+                  last answer exp{:+.0} s  by deadline {}/{}  before expiry {}/{}  ({} fetches, {} throttled, {:.2} s wall)",
+            r.peak, r.max_starts_per_second(), r.last_answer_vs_expiry(), r.refreshed_by_deadline, r.managers,
+            r.refreshed_in_time, r.managers, r.starts.len(), r.throttled, r.wall.as_secs_f64());
         if let Some(limiter_peak) = r.limiter_peak {
             assert!(
                 r.peak <= limiter_peak,
                 "more fetches ran than the limiter let through"
             );
         }
+        reports.push(r);
     }
+    let limited = &reports[2];
+    let leads = limited.leads();
+    println!(
+        "(c) how early each refresh started, s before its deadline: min {:.0}  p10 {:.0}  p50 {:.0}  p90 {:.0}  max {:.0}  \
+         (the backend needs {:.0} s for all at 64 x 2 s; first starts planned with the initial 5 s estimate, then {:?} learned)",
+        quantile(&leads, 0.0),
+        quantile(&leads, 0.1),
+        quantile(&leads, 0.5),
+        quantile(&leads, 0.9),
+        quantile(&leads, 1.0),
+        (managers as f64 / 64.0).ceil() * 2.0,
+        limited.estimate.unwrap_or_default(),
+    );
+    let goal1 = limited.refreshed_by_deadline == managers && limited.peak <= 64;
+    println!(
+        "goal 1 (deadline-aware limiter): {}/{} refreshed before exp - refresh_ahead, peak {} <= 64: {}",
+        limited.refreshed_by_deadline,
+        managers,
+        limited.peak,
+        verdict(goal1)
+    );
+    let pushed = &reports[4];
+    println!(
+        "goal 4 (push-back): backend throttling above 32: {}/{} before expiry, {}/{} by deadline, {} push-backs \
+         seen by the group, {} fetches throttled: {}",
+        pushed.refreshed_in_time,
+        managers,
+        pushed.refreshed_by_deadline,
+        managers,
+        pushed.pushbacks,
+        pushed.throttled,
+        verdict(pushed.refreshed_in_time == managers)
+    );
+}
+
+async fn cold_start(managers: usize) {
+    use sim::storm::{run, Config};
+    let config = Config::new(managers).cold().limit(64).rate(20);
+    let r = run(&config).await;
+    let optimum = managers as f64 / 20.0;
+    let took = r.last_answer_vs_start();
+    println!();
+    println!("== cold start: {managers} managers built at once with no token, limiter 64 + 20 fetches/s, each fetch 2 s");
+    println!(
+        "all hold a token after {took:.1} s (optimum {optimum:.0} s + one 2 s fetch), max starts in one second {}, \
+         peak concurrent {} ({:.2} s wall)",
+        r.max_starts_per_second(),
+        r.peak,
+        r.wall.as_secs_f64()
+    );
+    let goal2 =
+        r.answers.len() == managers && took <= optimum * 1.05 && r.max_starts_per_second() <= 20;
+    println!(
+        "goal 2 (cold start): within {:.1} % of the optimum, never over 20/s: {}",
+        (took / optimum - 1.0) * 100.0,
+        verdict(goal2)
+    );
+}
+
+async fn steady(managers: usize) {
+    use sim::steady::{run, Config};
+    println!();
+    println!("== steady state: {managers} managers, 1 h tokens issued at random times, 6 h on the fake clock, \
+              refresh_ahead 180 s, each fetch 2 s");
+    let hours = Duration::from_secs(6 * 3600);
+    let mut met = false;
+    for (name, config) in [
+        ("limiter 64", Config::new(managers, hours)),
+        (
+            "limiter 64 + 3 fetches/s",
+            Config::new(managers, hours).rate(3),
+        ),
+    ] {
+        let r = run(&config).await;
+        println!("{name:26} fetches {}  mean {:.1}/min  peak minute {}  peak/mean {:.2}  peak concurrent {}  \
+                  after deadline {}  after expiry {}  ({:.2} s wall)",
+            r.fetches, r.mean_per_minute(), r.peak_per_minute(), r.peak_to_mean(), r.peak_concurrent,
+            r.after_deadline, r.after_expiry, r.wall.as_secs_f64());
+        met = r.peak_to_mean() <= 1.2 && r.after_expiry == 0;
+    }
+    println!(
+        "goal 3 (steady state): with a rate near the mean load, the busiest minute within 1.2x the mean: {} \
+         (without a rate the refreshes follow the random issue times: see the line above)",
+        verdict(met)
+    );
 }
 
 async fn churn(updates: usize) {

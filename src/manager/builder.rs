@@ -254,7 +254,7 @@ impl AccessManagerBuilder {
             consumer_timeout: self.consumer_timeout,
             backoff: self.backoff,
             seed,
-            limiter: self.limiter,
+            limiter: self.limiter.map(crate::limiter::Member::new),
             refresh_jitter: self.refresh_jitter,
             estimate_clock_skew: self.estimate_clock_skew,
             store: self.store,

@@ -5,6 +5,7 @@
 
 pub mod churn;
 pub mod deadlines;
+pub mod steady;
 pub mod storm;
 
 use access_manager::clock::{Clock, ManualClock, Sleep};

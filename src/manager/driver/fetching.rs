@@ -9,6 +9,7 @@ use super::super::stats::bump;
 use super::{Driver, Phase, Source, ANY_TIME, MIN_FETCH_SPACING};
 use crate::event::Event;
 use crate::fetcher::{FetchError, FetchReason, FetchRequest};
+use crate::limiter::Outcome;
 use crate::token::unix_secs;
 use crate::{AccessToken, MAX_LIFETIME};
 use futures_util::future::BoxFuture;
@@ -110,6 +111,8 @@ impl Driver {
         let Some(fetcher) = self.config.fetcher.clone() else {
             return;
         };
+        // Slots go earliest deadline first: the planned instant, or at once without a token.
+        let deadline = self.next_fetch.unwrap_or(ANY_TIME);
         self.plan_fetch(None, None);
         bump(&self.shared.counters.fetches);
         let attempt = self.failures + 1;
@@ -119,7 +122,7 @@ impl Driver {
             self.current.as_ref().map(|c| c.token.clone()),
         );
         let timeout = self.config.fetch_timeout;
-        let limiter = self.config.limiter.clone();
+        let slot = self.config.limiter.as_ref().map(|m| m.acquire(deadline));
         let clock = self.shared.clock.clone();
         let plugin = Plugin {
             manager: self.shared.key(),
@@ -129,15 +132,15 @@ impl Driver {
         let span = tracing::info_span!(parent: None, "fetch", %reason, attempt);
         let future = async move {
             // The timeout runs from when the shared limiter lets the fetch go.
-            let _slot = match &limiter {
-                Some(limiter) => Some(limiter.acquire().await),
+            let slot = match slot {
+                Some(slot) => Some(slot.await),
                 None => None,
             };
             let timer = clock.sleep(timeout);
             // The call itself is inside the caught future: a fetcher may panic before returning one.
             let call =
                 AssertUnwindSafe(async move { fetcher.fetch_token(request).await }).catch_unwind();
-            tokio::select! {
+            let result = tokio::select! {
                 biased;
                 result = call => result.unwrap_or_else(|panic| Err(FetchError::transient(format!(
                     "fetcher panicked: {}", panic_message(&*panic)
@@ -145,7 +148,16 @@ impl Driver {
                 _ = timer => Err(FetchError::transient(format!(
                     "fetch timed out after {} s", timeout.as_secs_f64()
                 ))),
+            };
+            if let Some(slot) = slot {
+                slot.finish(match &result {
+                    Err(e) => e
+                        .retry_after()
+                        .map_or(Outcome::Answered, Outcome::PushedBack),
+                    Ok(_) => Outcome::Answered,
+                });
             }
+            result
         };
         let future = plugin::scope(plugin, future);
         self.fetch = Some(Box::new(InFlight {

@@ -12,8 +12,9 @@ use crate::backoff::{Backoff, SplitMix64};
 use crate::clock::{saturating_add, Sleep};
 use crate::event::Event;
 use crate::fetcher::FetchReason;
+use crate::limiter::Member;
 use crate::store::TokenStore;
-use crate::{AccessToken, FetchLimiter, TokenFetcher};
+use crate::{AccessToken, TokenFetcher};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -36,7 +37,8 @@ pub(super) struct Config {
     pub(super) consumer_timeout: Duration,
     pub(super) backoff: Backoff,
     pub(super) seed: u64,
-    pub(super) limiter: Option<FetchLimiter>,
+    /// The shared limiter, with the ticket of the planned fetch (boxed: most managers share none).
+    pub(super) limiter: Option<Box<Member>>,
     pub(super) refresh_jitter: Duration,
     pub(super) estimate_clock_skew: bool,
     pub(super) store: Option<Arc<dyn TokenStore>>,
@@ -222,6 +224,9 @@ impl Driver {
                     self.fetch_wait = None;
                     continue;
                 }
+            }
+            if self.poll_ticket(cx) {
+                continue;
             }
             let deadline = self.next_deadline();
             if self.must_rearm(deadline) {
@@ -450,6 +455,10 @@ impl Driver {
     /// Plans the next automatic fetch: once the wall clock reaches `at` and `wait` has elapsed.
     fn plan_fetch(&mut self, at: Option<SystemTime>, wait: Option<Duration>) {
         self.next_fetch = at;
+        // A shared limiter plans the fetch too, due by `at`; no plan, no ticket.
+        if let Some(member) = &mut self.config.limiter {
+            member.plan(at);
+        }
         self.fetch_wait = wait.map(|wait| self.shared.clock.sleep(wait));
         let now = self.shared.clock.now();
         let planned = at.map(|at| at.max(saturating_add(now, wait.unwrap_or_default())));
@@ -480,6 +489,20 @@ impl Driver {
             };
             self.start_fetch(reason, now);
         }
+    }
+
+    /// The limiter's plan says the planned fetch starts now: it starts as if the wall clock had
+    /// reached it (an elapsed-time wait still holds it back). `true` when it did.
+    fn poll_ticket(&mut self, cx: &mut Context<'_>) -> bool {
+        let due = self
+            .config
+            .limiter
+            .as_mut()
+            .is_some_and(|member| member.poll_start(cx));
+        if let Some(at) = self.next_fetch.as_mut().filter(|_| due) {
+            *at = ANY_TIME;
+        }
+        due
     }
 
     /// Publishes the generation of the last token refused with an invalid code (0: none).

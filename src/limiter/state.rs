@@ -1,0 +1,302 @@
+//! The limiter's state, behind its one lock: the refreshes waiting for their planned start
+//! (tickets), the fetches waiting for a slot, the slots in use, the pace after push-back and the
+//! fetch durations observed. Every method does bounded work and runs no user code; wakers are
+//! returned, to be woken after the lock is released.
+
+use super::plan::{latest_starts, Capacity};
+use crate::clock::saturating_add;
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::task::Waker;
+use std::time::{Duration, SystemTime};
+
+/// What a push-back leaves of the fetches allowed at once (and of the rate).
+const PACE_CUT: f64 = 0.75;
+
+/// How many recent fetch durations the estimate is drawn from.
+const DURATIONS_KEPT: usize = 64;
+
+/// What the limiter was told about the backend.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Config {
+    pub(super) max_concurrent: usize,
+    /// Fetches per second at most (none: no rate).
+    pub(super) rate: Option<f64>,
+    /// The fetch duration assumed before any fetch was observed.
+    pub(super) initial_estimate: Duration,
+}
+
+/// Whether the limiter's planning task runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Task {
+    Stopped,
+    Running,
+}
+
+/// What the planning task does next.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Next {
+    /// Nothing waits: the task ends (a new ticket or fetch starts another).
+    Exit,
+    /// Sleep until this instant (or until told of a change).
+    Wait(Option<SystemTime>),
+}
+
+/// A fetch's end, as its slot reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Answered (a token or an error): its duration counts towards the estimate.
+    Answered,
+    /// The backend pushed back (429 or 503 with `Retry-After`): the whole group slows down.
+    PushedBack(Duration),
+}
+
+#[derive(Debug)]
+pub(super) struct State {
+    pub(super) config: Config,
+    /// Refreshes waiting for their planned start, by (deadline, id), with their manager's waker.
+    tickets: BTreeMap<(SystemTime, u64), Option<Waker>>,
+    /// Fetches waiting for a slot, by (deadline, id): earliest deadline first.
+    waiters: BTreeMap<(SystemTime, u64), Option<Waker>>,
+    /// Fetches given a slot that have not taken it yet.
+    granted: HashSet<u64>,
+    next_id: u64,
+    pub(super) in_flight: usize,
+    pub(super) peak: usize,
+    /// Fetches allowed at once now: `max_concurrent`, less after push-back (at least 1).
+    limit: f64,
+    /// No slot is granted before this (the rate's spacing).
+    next_start: Option<SystemTime>,
+    /// No slot is granted before this (the backend's `Retry-After`).
+    paused_until: Option<SystemTime>,
+    /// When the pace was last cut: a push-back to a fetch granted before it is old news.
+    last_cut: Option<SystemTime>,
+    pub(super) pushbacks: u64,
+    durations: VecDeque<Duration>,
+    pub(super) task: Task,
+}
+
+impl State {
+    pub(super) fn new(config: Config) -> Self {
+        State {
+            config,
+            tickets: BTreeMap::new(),
+            waiters: BTreeMap::new(),
+            granted: HashSet::new(),
+            next_id: 0,
+            in_flight: 0,
+            peak: 0,
+            limit: config.max_concurrent as f64,
+            next_start: None,
+            paused_until: None,
+            last_cut: None,
+            pushbacks: 0,
+            durations: VecDeque::with_capacity(DURATIONS_KEPT),
+            task: Task::Stopped,
+        }
+    }
+
+    fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Fetches allowed at once now.
+    pub(super) fn slots(&self) -> usize {
+        (self.limit as usize).clamp(1, self.config.max_concurrent)
+    }
+
+    /// The least time between two starts now: the rate, slowed in step with the slots.
+    fn spacing(&self) -> Duration {
+        match self.config.rate {
+            Some(rate) => {
+                let pace = self.limit / self.config.max_concurrent as f64;
+                Duration::from_secs_f64(1.0 / (rate * pace.max(f64::MIN_POSITIVE)))
+            }
+            None => Duration::ZERO,
+        }
+    }
+
+    /// The fetch duration to plan with: the 90th percentile of the recent ones, or the initial
+    /// estimate before any.
+    pub(super) fn estimate(&self) -> Duration {
+        if self.durations.is_empty() {
+            return self.config.initial_estimate;
+        }
+        let mut sorted: Vec<Duration> = self.durations.iter().copied().collect();
+        sorted.sort_unstable();
+        sorted[(sorted.len() * 9 / 10).min(sorted.len() - 1)]
+    }
+
+    pub(super) fn capacity(&self) -> Capacity {
+        Capacity {
+            slots: self.slots(),
+            spacing: self.spacing(),
+            duration: self.estimate(),
+        }
+    }
+
+    /// Files a refresh due by `deadline`; returns its key.
+    pub(super) fn file(&mut self, deadline: SystemTime) -> (SystemTime, u64) {
+        let key = (deadline, self.new_id());
+        self.tickets.insert(key, None);
+        key
+    }
+
+    /// `Some(true)` once the plan says the ticket's refresh starts; else keeps `waker`.
+    pub(super) fn poll_ticket(&mut self, key: (SystemTime, u64), waker: &Waker) -> bool {
+        match self.tickets.get_mut(&key) {
+            None => true,
+            Some(slot) => {
+                if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                    *slot = Some(waker.clone());
+                }
+                false
+            }
+        }
+    }
+
+    /// Forgets a ticket (its token was replaced, or its manager stopped planning a fetch).
+    pub(super) fn drop_ticket(&mut self, key: (SystemTime, u64)) -> Option<Waker> {
+        self.tickets.remove(&key).flatten()
+    }
+
+    pub(super) fn tickets(&self) -> usize {
+        self.tickets.len()
+    }
+
+    /// A fetch due by `deadline` asks for a slot; returns its id.
+    pub(super) fn wait_for_slot(&mut self, deadline: SystemTime) -> (SystemTime, u64) {
+        let key = (deadline, self.new_id());
+        self.waiters.insert(key, None);
+        key
+    }
+
+    /// `true` once the fetch was granted a slot (it now holds it); else keeps `waker`.
+    pub(super) fn poll_slot(&mut self, key: (SystemTime, u64), waker: &Waker) -> bool {
+        if self.granted.remove(&key.1) {
+            return true;
+        }
+        if let Some(slot) = self.waiters.get_mut(&key) {
+            if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                *slot = Some(waker.clone());
+            }
+        }
+        false
+    }
+
+    /// A fetch stopped waiting (dropped): forgets it, and frees its slot if it had been granted
+    /// one it never took.
+    pub(super) fn stop_waiting(
+        &mut self,
+        key: (SystemTime, u64),
+        now: SystemTime,
+    ) -> (Option<Waker>, Vec<Waker>) {
+        let own = self.waiters.remove(&key).flatten();
+        let freed = if self.granted.remove(&key.1) {
+            self.in_flight -= 1;
+            self.grant(now)
+        } else {
+            Vec::new()
+        };
+        (own, freed)
+    }
+
+    /// Grants free slots to the waiting fetches, earliest deadline first, as the pace, the rate
+    /// and any push-back allow; returns their wakers.
+    pub(super) fn grant(&mut self, now: SystemTime) -> Vec<Waker> {
+        let mut wakers = Vec::new();
+        while self.in_flight < self.slots() && self.blocked_until(now).is_none() {
+            let Some(((_, id), waker)) = self.waiters.pop_first() else {
+                break;
+            };
+            self.granted.insert(id);
+            self.in_flight += 1;
+            self.peak = self.peak.max(self.in_flight);
+            let spacing = self.spacing();
+            if !spacing.is_zero() {
+                self.next_start = Some(saturating_add(now, spacing));
+            }
+            wakers.extend(waker);
+        }
+        wakers
+    }
+
+    /// Whether fetches wait for a slot that only time will free (the rate or a push-back): the
+    /// planning task must wake for them.
+    pub(super) fn waits_on_time(&self, now: SystemTime) -> bool {
+        !self.waiters.is_empty()
+            && self.in_flight < self.slots()
+            && self.blocked_until(now).is_some()
+    }
+
+    /// The instant before which no slot is granted (rate or push-back), if later than `now`.
+    fn blocked_until(&self, now: SystemTime) -> Option<SystemTime> {
+        let until = self.next_start.max(self.paused_until)?;
+        (until > now).then_some(until)
+    }
+
+    /// The slot of a fetch that started at `started` is free again.
+    pub(super) fn release(
+        &mut self,
+        started: SystemTime,
+        outcome: Option<Outcome>,
+        now: SystemTime,
+    ) -> Vec<Waker> {
+        self.in_flight -= 1;
+        match outcome {
+            Some(Outcome::Answered) => {
+                if self.durations.len() == DURATIONS_KEPT {
+                    self.durations.pop_front();
+                }
+                self.durations
+                    .push_back(now.duration_since(started).unwrap_or_default());
+                // Recovers by one slot per round of fetches answered.
+                let max = self.config.max_concurrent as f64;
+                self.limit = (self.limit + 1.0 / self.limit).min(max);
+            }
+            Some(Outcome::PushedBack(retry_after)) => self.push_back(started, retry_after, now),
+            None => {}
+        }
+        self.grant(now)
+    }
+
+    /// The backend said "not now, retry after": the whole group pauses that long and cuts its
+    /// pace to three quarters, once per round (a fetch started before the last cut was sent at
+    /// the old pace, and its refusal is old news).
+    fn push_back(&mut self, started: SystemTime, retry_after: Duration, now: SystemTime) {
+        self.pushbacks += 1;
+        let until = saturating_add(now, retry_after);
+        self.paused_until = self.paused_until.max(Some(until));
+        if self.last_cut.is_none_or(|cut| started > cut) {
+            self.limit = (self.limit * PACE_CUT).max(1.0);
+            self.last_cut = Some(now);
+        }
+    }
+
+    /// The planning task's turn: releases the refreshes the plan says start now, grants what
+    /// slots it can, and says when to look again.
+    pub(super) fn turn(&mut self, now: SystemTime) -> (Vec<Waker>, Next) {
+        if self.tickets.is_empty() && self.waiters.is_empty() {
+            self.task = Task::Stopped;
+            return (Vec::new(), Next::Exit);
+        }
+        let deadlines: Vec<SystemTime> = self.tickets.keys().map(|&(d, _)| d).collect();
+        let starts = latest_starts(&deadlines, self.capacity());
+        let due = starts.iter().take_while(|&&start| start <= now).count();
+        let mut wakers: Vec<Waker> = (0..due)
+            .filter_map(|_| self.tickets.pop_first().and_then(|(_, w)| w))
+            .collect();
+        wakers.extend(self.grant(now));
+        let next_start = starts.get(due).copied();
+        let next_grant = if self.waiters.is_empty() || self.in_flight >= self.slots() {
+            None
+        } else {
+            self.blocked_until(now)
+        };
+        let next = match (next_start, next_grant) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        (wakers, Next::Wait(next))
+    }
+}
