@@ -25,6 +25,7 @@ mod fetcher;
 pub mod http;
 mod limiter;
 mod manager;
+mod wall_watch;
 
 pub use backoff::Backoff;
 pub use consumer::{ConsumerError, ConsumerId, TokenConsumer};

@@ -207,6 +207,10 @@ impl FetchLimiter {
     /// The fetch duration assumed before any fetch was observed.
     pub const DEFAULT_FETCH_ESTIMATE: Duration = Duration::from_secs(5);
 
+    /// The longest fetch duration the estimate counts: durations are read on the wall clock, and
+    /// a longer one is the clock jumping during the fetch, not a slow backend.
+    pub const MAX_FETCH_ESTIMATE: Duration = state::MAX_FETCH_ESTIMATE;
+
     /// At most `max_concurrent` fetches at once, no rate, on the [`SystemClock`].
     ///
     /// ```
@@ -306,6 +310,17 @@ impl FetchLimiter {
         self.inner.lock().tickets()
     }
 
+    /// Fetches waiting for a slot now.
+    ///
+    /// ```
+    /// # use access_manager::FetchLimiter;
+    /// # use std::num::NonZeroUsize;
+    /// assert_eq!(FetchLimiter::new(NonZeroUsize::new(8).unwrap()).waiting(), 0);
+    /// ```
+    pub fn waiting(&self) -> usize {
+        self.inner.lock().waiting()
+    }
+
     /// How long the plan assumes a fetch takes: the 90th percentile of the recent fetch
     /// durations, or the initial estimate before any.
     ///
@@ -361,7 +376,9 @@ impl fmt::Debug for FetchLimiter {
             .field("rate", &state.config.rate)
             .field("current_limit", &state.slots())
             .field("in_flight", &state.in_flight)
+            .field("waiting", &state.waiting())
             .field("planned", &state.tickets())
+            .field("fetch_estimate", &state.estimate())
             .field("clock", &self.inner.clock)
             .finish()
     }
@@ -387,6 +404,16 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Tells a running planning task that nothing is left to plan, so that it ends now rather
+    /// than at its next planned instant.
+    fn end_if_idle(&self, state: &State) {
+        if state.is_idle() && state.task == Task::Running {
+            self.changed.notify_one();
+        }
+    }
+}
+
 /// The planning task: releases the refreshes the plan says start now and grants the slots that
 /// time frees (rate, push-back), then sleeps until the next of those or a change.
 async fn plan(inner: Arc<Inner>) {
@@ -395,16 +422,27 @@ async fn plan(inner: Arc<Inner>) {
         let (wakers, next) = inner.lock().turn(now);
         wake(wakers);
         let changed = inner.changed.notified();
-        match next {
-            Next::Exit => return,
-            Next::Wait(None) => changed.await,
-            Next::Wait(Some(at)) => {
-                let sleep = inner.clock.sleep_until(at);
-                tokio::select! {
-                    () = changed => {}
-                    () = sleep => {}
-                }
+        let Next::Wait { plan, grant } = next else {
+            return;
+        };
+        // The plan's starts are wall-clock instants (deadlines are); the rate's spacing and a
+        // push-back's pause are elapsed time, which setting the wall clock back does not stretch.
+        let planned = async {
+            match plan {
+                Some(at) => inner.clock.sleep_until(at).await,
+                None => std::future::pending().await,
             }
+        };
+        let granted = async {
+            match grant {
+                Some(after) => inner.clock.sleep(after).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = changed => {}
+            () = planned => {}
+            () = granted => {}
         }
     }
 }
@@ -473,7 +511,10 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let waker = self.inner.lock().drop_ticket(self.key);
+        let mut state = self.inner.lock();
+        let waker = state.drop_ticket(self.key);
+        self.inner.end_if_idle(&state);
+        drop(state);
         drop(waker);
     }
 }
@@ -523,7 +564,10 @@ impl Drop for Acquire {
     fn drop(&mut self) {
         if let Some(key) = self.key {
             let now = self.inner.clock.now();
-            let (own, freed) = self.inner.lock().stop_waiting(key, now);
+            let mut state = self.inner.lock();
+            let (own, freed) = state.stop_waiting(key, now);
+            self.inner.end_if_idle(&state);
+            drop(state);
             drop(own);
             wake(freed);
         }
@@ -556,6 +600,7 @@ impl Drop for Slot {
         if replan {
             self.inner.kick(&mut state);
         }
+        self.inner.end_if_idle(&state);
         drop(state);
         wake(wakers);
     }

@@ -12,6 +12,11 @@ use std::time::{Duration, SystemTime};
 /// What a push-back leaves of the fetches allowed at once (and of the rate).
 const PACE_CUT: f64 = 0.75;
 
+/// The longest fetch duration counted (see [`FetchLimiter::MAX_FETCH_ESTIMATE`]).
+///
+/// [`FetchLimiter::MAX_FETCH_ESTIMATE`]: super::FetchLimiter::MAX_FETCH_ESTIMATE
+pub(super) const MAX_FETCH_ESTIMATE: Duration = Duration::from_secs(120);
+
 /// How many recent fetch durations the estimate is drawn from.
 const DURATIONS_KEPT: usize = 64;
 
@@ -37,8 +42,12 @@ pub(super) enum Task {
 pub(super) enum Next {
     /// Nothing waits: the task ends (a new ticket or fetch starts another).
     Exit,
-    /// Sleep until this instant (or until told of a change).
-    Wait(Option<SystemTime>),
+    /// Sleep until told of a change, the wall clock reaches `plan` (the next planned start), or
+    /// `grant` has elapsed (time frees a slot: the rate's spacing, a push-back's pause).
+    Wait {
+        plan: Option<SystemTime>,
+        grant: Option<Duration>,
+    },
 }
 
 /// A fetch's end, as its slot reports it.
@@ -66,8 +75,9 @@ pub(super) struct State {
     limit: f64,
     /// No slot is granted before this (the rate's spacing).
     next_start: Option<SystemTime>,
-    /// No slot is granted before this (the backend's `Retry-After`).
-    paused_until: Option<SystemTime>,
+    /// No slot is granted before this, the backend's `Retry-After` (also kept, so that the wall
+    /// clock set back does not stretch the pause).
+    paused: Option<(SystemTime, Duration)>,
     /// When the pace was last cut: a push-back to a fetch granted before it is old news.
     last_cut: Option<SystemTime>,
     pub(super) pushbacks: u64,
@@ -87,7 +97,7 @@ impl State {
             peak: 0,
             limit: config.max_concurrent as f64,
             next_start: None,
-            paused_until: None,
+            paused: None,
             last_cut: None,
             pushbacks: 0,
             durations: VecDeque::with_capacity(DURATIONS_KEPT),
@@ -160,6 +170,15 @@ impl State {
         self.tickets.remove(&key).flatten()
     }
 
+    /// Whether no refresh is planned and no fetch waits: the planning task has nothing to do.
+    pub(super) fn is_idle(&self) -> bool {
+        self.tickets.is_empty() && self.waiters.is_empty()
+    }
+
+    pub(super) fn waiting(&self) -> usize {
+        self.waiters.len()
+    }
+
     pub(super) fn tickets(&self) -> usize {
         self.tickets.len()
     }
@@ -204,6 +223,7 @@ impl State {
     /// Grants free slots to the waiting fetches, earliest deadline first, as the pace, the rate
     /// and any push-back allow; returns their wakers.
     pub(super) fn grant(&mut self, now: SystemTime) -> Vec<Waker> {
+        self.rebase(now);
         let mut wakers = Vec::new();
         while self.in_flight < self.slots() && self.blocked_until(now).is_none() {
             let Some(((_, id), waker)) = self.waiters.pop_first() else {
@@ -231,8 +251,20 @@ impl State {
 
     /// The instant before which no slot is granted (rate or push-back), if later than `now`.
     fn blocked_until(&self, now: SystemTime) -> Option<SystemTime> {
-        let until = self.next_start.max(self.paused_until)?;
+        let until = self.next_start.max(self.paused.map(|(at, _)| at))?;
         (until > now).then_some(until)
+    }
+
+    /// After the wall clock was set back, the spacing and the pause run from `now`: setting the
+    /// clock back does not stretch them.
+    fn rebase(&mut self, now: SystemTime) {
+        let spacing = self.spacing();
+        if let Some(at) = self.next_start.as_mut() {
+            *at = (*at).min(saturating_add(now, spacing));
+        }
+        if let Some((at, pause)) = self.paused.as_mut() {
+            *at = (*at).min(saturating_add(now, *pause));
+        }
     }
 
     /// The slot of a fetch that started at `started` is free again.
@@ -248,8 +280,9 @@ impl State {
                 if self.durations.len() == DURATIONS_KEPT {
                     self.durations.pop_front();
                 }
-                self.durations
-                    .push_back(now.duration_since(started).unwrap_or_default());
+                // On the wall clock: a jump during the fetch is not a slow backend.
+                let took = now.duration_since(started).unwrap_or_default();
+                self.durations.push_back(took.min(MAX_FETCH_ESTIMATE));
                 // Recovers by one slot per round of fetches answered.
                 let max = self.config.max_concurrent as f64;
                 self.limit = (self.limit + 1.0 / self.limit).min(max);
@@ -266,7 +299,12 @@ impl State {
     fn push_back(&mut self, started: SystemTime, retry_after: Duration, now: SystemTime) {
         self.pushbacks += 1;
         let until = saturating_add(now, retry_after);
-        self.paused_until = self.paused_until.max(Some(until));
+        if self
+            .blocked_until(now)
+            .is_none_or(|blocked| blocked < until)
+        {
+            self.paused = Some((until, retry_after));
+        }
         if self.last_cut.is_none_or(|cut| started > cut) {
             self.limit = (self.limit * PACE_CUT).max(1.0);
             self.last_cut = Some(now);
@@ -276,7 +314,7 @@ impl State {
     /// The planning task's turn: releases the refreshes the plan says start now, grants what
     /// slots it can, and says when to look again.
     pub(super) fn turn(&mut self, now: SystemTime) -> (Vec<Waker>, Next) {
-        if self.tickets.is_empty() && self.waiters.is_empty() {
+        if self.is_idle() {
             self.task = Task::Stopped;
             return (Vec::new(), Next::Exit);
         }
@@ -287,16 +325,13 @@ impl State {
             .filter_map(|_| self.tickets.pop_first().and_then(|(_, w)| w))
             .collect();
         wakers.extend(self.grant(now));
-        let next_start = starts.get(due).copied();
-        let next_grant = if self.waiters.is_empty() || self.in_flight >= self.slots() {
+        let grant = if self.waiters.is_empty() || self.in_flight >= self.slots() {
             None
         } else {
             self.blocked_until(now)
+                .map(|until| until.duration_since(now).unwrap_or_default())
         };
-        let next = match (next_start, next_grant) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        (wakers, Next::Wait(next))
+        let plan = starts.get(due).copied();
+        (wakers, Next::Wait { plan, grant })
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod churn;
 pub mod deadlines;
+pub mod idle;
 pub mod steady;
 pub mod storm;
 
