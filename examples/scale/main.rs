@@ -262,16 +262,21 @@ async fn storms(managers: usize) {
         verdict(goal1)
     );
     let pushed = &reports[4];
+    let fits = pushed.fits_after_throttle(32, Duration::from_secs(2));
     println!(
-        "goal 4 (push-back): backend throttling above 32: {}/{} before expiry, {}/{} by deadline, {} push-backs \
-         seen by the group, {} fetches throttled: {}",
+        "goal 4 (push-back): backend throttling above 32: {}/{} before expiry, {}/{} by deadline; what fits once \
+         the backend first pushed back (exp{:+.0} s), at 32 x 2 s until expiry: {fits} ({:.0} % of it refreshed); \
+         {} fetches throttled, all seen by the group: {}",
         pushed.refreshed_in_time,
         managers,
         pushed.refreshed_by_deadline,
         managers,
-        pushed.pushbacks,
+        pushed
+            .first_throttled
+            .map_or(0.0, |t| sim::storm::secs_from(pushed.expiry, t)),
+        pushed.refreshed_in_time as f64 * 100.0 / fits.max(1) as f64,
         pushed.throttled,
-        verdict(pushed.refreshed_in_time == managers)
+        verdict(pushed.refreshed_in_time >= fits)
     );
 }
 

@@ -34,13 +34,16 @@ pub(crate) use state::Outcome;
 /// - **Earliest deadline first**: a fetch waiting for a slot gets one before any fetch with a
 ///   later deadline (a manager without a token first of all), not first come, first served.
 /// - **Learned durations**: the estimate is the 90th percentile of the last 64 fetch durations
-///   observed (before any, [`initial_fetch_estimate`](FetchLimiterBuilder::initial_fetch_estimate),
-///   5 s by default); a fetch slower than planned only moves the next starts earlier.
+///   observed, each counted at most [`MAX_FETCH_ESTIMATE`](Self::MAX_FETCH_ESTIMATE) (before
+///   any, [`initial_fetch_estimate`](FetchLimiterBuilder::initial_fetch_estimate), 5 s by
+///   default); a fetch slower than planned only moves the next starts earlier.
 /// - **Push-back**: a fetch failing with a `Retry-After` ([`FetchError::with_retry_after`], which
 ///   `HttpFetcher` sets on 429 and 503) pauses every manager of the group for that long and
 ///   cuts the fetches allowed at once (and the rate with them) to three quarters, once per
 ///   round; then each round of fetches answered gives one slot back, up to the full capacity.
 ///
+/// The plan's starts are wall-clock instants (deadlines are); the rate's spacing and a
+/// push-back's pause are elapsed time, which setting the wall clock back does not stretch.
 /// Waiting for a slot does not count against a fetch's timeout. The plan runs on the limiter's
 /// clock ([`FetchLimiterBuilder::clock`]), which must be the managers' clock: a lazily started
 /// task sleeps until the next planned start and ends once no manager holds a ticket or waits for

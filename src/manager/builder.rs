@@ -134,7 +134,8 @@ impl AccessManagerBuilder {
         self
     }
 
-    /// Shares a cap on concurrent fetches with other managers (default: no cap).
+    /// Shares a backend's capacity with other managers: the limiter plans this manager's
+    /// refreshes with theirs, earliest deadline first (default: none; see [`FetchLimiter`]).
     pub fn fetch_limiter(mut self, limiter: &FetchLimiter) -> Self {
         self.limiter = Some(limiter.clone());
         self

@@ -81,8 +81,9 @@ pub struct Report {
     pub peak: usize,
     /// The limiter's own peak, when there is one.
     pub limiter_peak: Option<usize>,
-    /// Fetches the backend throttled (429), and push-backs the limiter saw.
+    /// Fetches the backend throttled (429), the first of them, and push-backs the limiter saw.
     pub throttled: usize,
+    pub first_throttled: Option<SystemTime>,
     pub pushbacks: u64,
     /// The limiter's fetch estimate at the end.
     pub estimate: Option<Duration>,
@@ -113,6 +114,19 @@ impl Report {
     /// The last answer, relative to the expiry (negative: before it), in seconds.
     pub fn last_answer_vs_expiry(&self) -> f64 {
         secs_from(self.expiry, *self.answers.last().unwrap_or(&self.expiry))
+    }
+
+    /// The most refreshes that could end before expiry once the backend first throttled, had the
+    /// group known its limit from then on: those answered by then, and `limit` fetches at once
+    /// until expiry.
+    pub fn fits_after_throttle(&self, limit: usize, fetch_time: Duration) -> usize {
+        let Some(first) = self.first_throttled else {
+            return self.managers;
+        };
+        let done = self.answers.iter().filter(|&&t| t <= first).count();
+        let left = self.expiry.duration_since(first).unwrap_or_default();
+        let rounds = (left.as_secs_f64() / fetch_time.as_secs_f64()).floor() as usize;
+        (done + rounds * limit).min(self.managers)
     }
 
     /// How long after the clock's start the last answer came (a cold start's length), in s.
@@ -146,6 +160,7 @@ struct Gauge {
     in_flight: AtomicUsize,
     peak: AtomicUsize,
     throttled: AtomicUsize,
+    first_throttled: Mutex<Option<SystemTime>>,
     starts: Mutex<Vec<SystemTime>>,
     ok_starts: Mutex<Vec<SystemTime>>,
     answers: Mutex<Vec<SystemTime>>,
@@ -198,6 +213,7 @@ pub async fn run(config: &Config) -> Report {
                     let (running, now_running) = Running::enter(&gauge, start);
                     if throttle_above.is_some_and(|limit| now_running > limit) {
                         gauge.throttled.fetch_add(1, Ordering::SeqCst);
+                        gauge.first_throttled.lock().unwrap().get_or_insert(start);
                         return Err(FetchError::transient("429 Too Many Requests")
                             .with_retry_after(Duration::from_secs(1)));
                     }
@@ -268,6 +284,7 @@ pub async fn run(config: &Config) -> Report {
         take(&gauge.ok_starts),
         take(&gauge.answers),
     );
+    let first_throttled = *gauge.first_throttled.lock().unwrap();
     drop(managers);
     run_until_quiet(|| true).await;
     Report {
@@ -278,6 +295,7 @@ pub async fn run(config: &Config) -> Report {
         peak: gauge.peak.load(Ordering::SeqCst),
         limiter_peak: limiter.as_ref().map(FetchLimiter::peak),
         throttled: gauge.throttled.load(Ordering::SeqCst),
+        first_throttled,
         pushbacks: limiter.as_ref().map_or(0, FetchLimiter::pushbacks),
         estimate: limiter.as_ref().map(FetchLimiter::fetch_estimate),
         starts,
