@@ -335,3 +335,91 @@ impl State {
         (wakers, Next::Wait { plan, grant })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn t(s: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    fn state(max_concurrent: usize, rate: Option<f64>) -> State {
+        State::new(Config {
+            max_concurrent,
+            rate,
+            initial_estimate: Duration::from_secs(5),
+        })
+    }
+
+    #[test]
+    fn a_freed_slot_goes_to_the_earliest_deadline_whoever_asked_first() {
+        let mut s = state(1, None);
+        let holder = s.wait_for_slot(t(500));
+        s.grant(t(0));
+        let late = s.wait_for_slot(t(900));
+        let early = s.wait_for_slot(t(100));
+        assert!(s.grant(t(0)).is_empty() && s.granted.contains(&holder.1));
+        s.granted.remove(&holder.1);
+        s.release(t(0), Some(Outcome::Answered), t(2));
+        assert!(s.granted.contains(&early.1) && !s.granted.contains(&late.1));
+    }
+
+    #[test]
+    fn setting_the_clock_back_does_not_stretch_the_rates_spacing() {
+        let mut s = state(8, Some(1.0));
+        s.wait_for_slot(t(0));
+        s.wait_for_slot(t(0));
+        s.grant(t(10_000));
+        assert_eq!(s.in_flight, 1, "one start a second");
+        // Set back an hour: the next start is still one second away, not an hour and a second.
+        assert!(s.grant(t(10_000 - 3600)).is_empty());
+        s.grant(t(10_000 - 3599));
+        assert_eq!(s.in_flight, 2);
+    }
+
+    #[test]
+    fn a_round_of_push_backs_cuts_the_pace_once() {
+        let mut s = state(8, None);
+        for _ in 0..8 {
+            s.wait_for_slot(t(0));
+        }
+        s.grant(t(100));
+        for _ in 0..4 {
+            s.release(
+                t(100),
+                Some(Outcome::PushedBack(Duration::from_secs(1))),
+                t(100),
+            );
+        }
+        assert_eq!((s.slots(), s.pushbacks), (6, 4));
+        assert_eq!(
+            s.blocked_until(t(100)),
+            Some(t(101)),
+            "the group pauses 1 s"
+        );
+        // A fetch started after the cut and refused again cuts again.
+        s.release(
+            t(102),
+            Some(Outcome::PushedBack(Duration::from_secs(1))),
+            t(103),
+        );
+        assert_eq!(s.slots(), 4);
+    }
+
+    #[test]
+    fn answered_fetches_give_a_slot_back_per_round() {
+        let mut s = state(8, None);
+        s.limit = 4.0;
+        for _ in 0..4 {
+            s.in_flight += 1;
+            s.release(t(0), Some(Outcome::Answered), t(2));
+        }
+        assert_eq!(s.slots(), 4, "just under a round: {}", s.limit);
+        s.in_flight += 1;
+        s.release(t(0), Some(Outcome::Answered), t(2));
+        assert_eq!(s.slots(), 5);
+        assert_eq!(s.estimate(), Duration::from_secs(2));
+    }
+}
