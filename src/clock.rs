@@ -86,37 +86,83 @@ pub(crate) fn saturating_add(t: SystemTime, d: Duration) -> SystemTime {
     t
 }
 
-/// The longest single sleep of [`SystemClock`]: after at most this long it re-reads the wall clock.
+/// The longest the wall-clock watcher of [`SystemClock`] sleeps: after at most this long it
+/// re-reads the wall clock, so a jump is noticed within one slice.
 pub const SYSTEM_CLOCK_SLICE: Duration = Duration::from_secs(30);
 
 /// The real clock: `SystemTime::now()` for wall time and tokio's (monotonic) timer for elapsed time.
 ///
-/// Wall-clock sleeps run in slices of at most [`SYSTEM_CLOCK_SLICE`] (30 s) and re-read the wall
-/// clock after each, so a suspended laptop or a clock change is noticed within one slice. Needs a
-/// tokio runtime with time enabled (as `#[tokio::main]` gives).
+/// # The wall-clock watcher
+///
+/// Wall-clock sleeps ([`sleep_until`](Clock::sleep_until)) are watched by one thread for the
+/// whole process, not by each sleeper: the watcher sleeps on the monotonic clock until the
+/// earliest deadline or for [`SYSTEM_CLOCK_SLICE`] (30 s), whichever comes first, re-reads the
+/// wall clock, and wakes only the sleepers that are due. So idle managers cost nothing however
+/// many there are (the watcher's one wake-up per slice is all), and a suspended laptop or a
+/// clock change is still noticed within one slice. The thread, named `access-manager-wall-clock`,
+/// starts with the first wall-clock sleep and ends when none remains. Elapsed-time sleeps
+/// ([`sleep`](Clock::sleep)) are tokio's timer and need a tokio runtime with time enabled (as
+/// `#[tokio::main]` gives); wall-clock sleeps need no runtime.
+///
+/// ```
+/// use access_manager::clock::{Clock, SystemClock};
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let clock = SystemClock;
+/// // A deadline already passed resolves at once, without the watcher.
+/// clock.sleep_until(clock.now() - Duration::from_secs(1)).await;
+/// // A far one is the watcher's until it resolves or is dropped.
+/// let far = clock.sleep_until(clock.now() + Duration::from_secs(3600));
+/// drop(far);
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    /// The system's wall clock.
+    ///
+    /// ```
+    /// use access_manager::clock::{Clock, SystemClock};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// let now = SystemClock.now();
+    /// assert!(now > UNIX_EPOCH + Duration::from_secs(1_700_000_000)); // after November 2023
+    /// ```
     // The one place that reads ambient time: everything else goes through a `Clock`.
     #[allow(clippy::disallowed_methods)]
     fn now(&self) -> SystemTime {
         SystemTime::now()
     }
 
-    #[allow(clippy::disallowed_methods)]
+    /// Resolves once the wall clock reads `deadline`, woken by the process's wall-clock watcher
+    /// (see [`SystemClock`]); at once for a deadline already passed.
+    ///
+    /// ```
+    /// use access_manager::clock::{Clock, SystemClock};
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let past = SystemClock.now() - Duration::from_secs(60);
+    /// SystemClock.sleep_until(past).await; // resolves at once
+    /// # }
+    /// ```
     fn sleep_until(&self, deadline: SystemTime) -> Sleep {
-        Box::pin(async move {
-            loop {
-                let left = match deadline.duration_since(SystemTime::now()) {
-                    Ok(left) if !left.is_zero() => left,
-                    _ => return,
-                };
-                tokio::time::sleep(left.min(SYSTEM_CLOCK_SLICE)).await;
-            }
-        })
+        Box::pin(crate::wall_watch::WallSleep::new(deadline))
     }
 
+    /// Resolves once `duration` has elapsed on tokio's monotonic timer, whatever the wall clock
+    /// does meanwhile.
+    ///
+    /// ```
+    /// use access_manager::clock::{Clock, SystemClock};
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// SystemClock.sleep(Duration::ZERO).await; // nothing to wait for
+    /// # }
+    /// ```
     #[allow(clippy::disallowed_methods)]
     fn sleep(&self, duration: Duration) -> Sleep {
         // tokio's timer runs on the monotonic clock (and saturates a huge duration).

@@ -207,12 +207,13 @@ mod fetcher;
 pub mod http;
 mod limiter;
 mod manager;
+mod wall_watch;
 
 pub use backoff::Backoff;
 pub use consumer::{ConsumerError, ConsumerId, TokenConsumer};
 pub use event::{Event, Events};
 pub use fetcher::{fetcher_fn, FetchError, FetchReason, FetchRequest, TokenFetcher};
-pub use limiter::FetchLimiter;
+pub use limiter::{FetchLimiter, FetchLimiterBuilder};
 pub use manager::error::{BuildError, RefreshError, UpdateError, UpdateReport};
 pub use manager::service::ServiceAction;
 pub use manager::stats::Stats;

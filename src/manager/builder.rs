@@ -347,7 +347,8 @@ impl AccessManagerBuilder {
         self
     }
 
-    /// Shares a cap on concurrent fetches with other managers (default: no cap).
+    /// Shares a backend's capacity with other managers: the limiter plans this manager's
+    /// refreshes with theirs, earliest deadline first (default: none; see [`FetchLimiter`]).
     ///
     /// ```
     /// use access_manager::{fetcher_fn, AccessManager, AccessToken, FetchError, FetchLimiter};
@@ -597,7 +598,7 @@ impl AccessManagerBuilder {
             fetch_timeout: self.fetch_timeout,
             consumer_timeout: self.consumer_timeout,
             backoff: self.backoff,
-            limiter: self.limiter,
+            limiter: self.limiter.map(crate::limiter::Member::new),
             refresh_jitter: self.refresh_jitter,
             estimate_clock_skew: self.estimate_clock_skew,
         };

@@ -11,6 +11,7 @@ mod demo_smoke;
 mod fuzz_regressions;
 mod http_fetcher;
 mod inspect_example;
+mod limiter;
 mod manager_builder;
 mod manager_fanout;
 mod manager_fetching;

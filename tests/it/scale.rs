@@ -3,7 +3,7 @@
 //! are capped by a `FetchLimiter` and spread by `refresh_jitter`.
 
 #[path = "../../examples/scale/sim/mod.rs"]
-mod sim;
+pub(crate) mod sim;
 
 use sim::{deadlines, storm};
 use std::time::{Duration, SystemTime};

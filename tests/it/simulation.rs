@@ -52,6 +52,12 @@
 //!    and every consumer let go, every call answered, no task left (`stop.rs`).
 //! 7. No token signature and no API secret in any event, answer or log line, captured at TRACE
 //!    (`capture.rs`).
+//! 8. A third of the histories share a `FetchLimiter` (1 to 3 slots, a rate of 1 to 5 a second or
+//!    none): never more slots in use than it has, no slot held without a fetch in the fetcher (no
+//!    slot leaked), nothing left in its plan once the manager stopped, and its task gone with it;
+//!    the healthy guarantee (5) holds with it (no manager starved). A fetch may wait for a slot
+//!    past the step that started it, and a planned refresh may start up to the limiter's longest
+//!    fetch estimate before `refresh_ahead` (`checks.rs`).
 //!
 //! Calls are checked against the contract too: `update_token`'s answer against the model's
 //! judgement of the token, `report_service_error`'s against the service rules, `fresh_token`'s
@@ -287,4 +293,19 @@ fn regression_seed_261_a_service_refusing_every_token_does_not_loop_the_fetcher(
 #[test]
 fn regression_seed_3168_a_late_fetch_keeps_the_pushed_tokens_refresh_plan() {
     replay(3168, DEFAULT_STEPS);
+}
+
+/// A shared limiter with a rate spaced its starts on the wall clock: set back hours after a
+/// fetch, the clock put the next start hours away, and the manager's refresh waited for a slot
+/// until its token expired although the backend was healthy.
+#[test]
+fn regression_seed_127_setting_the_clock_back_does_not_stretch_the_limiters_rate() {
+    replay(127, DEFAULT_STEPS);
+}
+
+/// The limiter's planning task waited for news when the manager stopped with a fetch holding the
+/// last slot: freeing it did not tell the task, which outlived the manager.
+#[test]
+fn regression_seed_325_the_limiters_task_ends_when_its_last_slot_is_freed() {
+    replay(325, DEFAULT_STEPS);
 }

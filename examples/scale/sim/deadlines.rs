@@ -155,9 +155,9 @@ pub async fn run(config: &Config, live: fn() -> isize) -> Report {
     tokio::task::yield_now().await;
     report.subscription_bytes = live() - before;
 
-    // Idle: the clock does not move, so nothing may run. (On `SystemClock` the only wake-ups would
-    // be each driver's 30 s sleep slice, `SYSTEM_CLOCK_SLICE`: one poll per manager per 30 s,
-    // i.e. N / 30 polls a second, each re-reading the wall clock and sleeping again.)
+    // Idle: the clock does not move, so nothing may run. (On `SystemClock` neither: one
+    // process-wide watcher re-reads the wall clock and wakes only the sleepers due; the scale
+    // example's `--idle-secs` measures it.)
     let polls = clock.polls();
     for _ in 0..config.idle_passes {
         tokio::task::yield_now().await;

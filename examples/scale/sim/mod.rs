@@ -5,6 +5,8 @@
 
 pub mod churn;
 pub mod deadlines;
+pub mod idle;
+pub mod steady;
 pub mod storm;
 
 use access_manager::clock::{Clock, ManualClock, Sleep};

@@ -10,6 +10,7 @@ use super::schedule::{Fetching, Next};
 use super::{Driver, Source};
 use crate::event::Event;
 use crate::fetcher::{FetchError, FetchReason, FetchRequest};
+use crate::limiter::Outcome;
 use crate::token::unix_secs;
 use crate::{AccessToken, MAX_LIFETIME};
 use futures_util::future::BoxFuture;
@@ -117,6 +118,12 @@ impl Driver {
         let Some(fetcher) = self.config.fetcher.clone() else {
             return;
         };
+        // Slots go earliest deadline first: by the held token's refresh point, at once without one.
+        let lead = self.config.refresh_ahead;
+        let deadline = self
+            .current
+            .as_ref()
+            .map_or(std::time::UNIX_EPOCH, |c| c.refresh_at(lead));
         bump(&self.shared.counters.fetches);
         let request = FetchRequest::new(
             reason,
@@ -124,7 +131,7 @@ impl Driver {
             self.current.as_ref().map(|c| c.token.clone()),
         );
         let timeout = self.config.fetch_timeout;
-        let limiter = self.config.limiter.clone();
+        let slot = self.config.limiter.as_ref().map(|m| m.acquire(deadline));
         let clock = self.shared.clock.clone();
         let plugin = Plugin {
             manager: self.shared.key(),
@@ -134,15 +141,15 @@ impl Driver {
         let span = tracing::info_span!(parent: None, "fetch", %reason, attempt);
         let future = async move {
             // The timeout runs from when the shared limiter lets the fetch go.
-            let _slot = match &limiter {
-                Some(limiter) => Some(limiter.acquire().await),
+            let slot = match slot {
+                Some(slot) => Some(slot.await),
                 None => None,
             };
             let timer = clock.sleep(timeout);
             // The call itself is inside the caught future: a fetcher may panic before returning one.
             let call =
                 AssertUnwindSafe(async move { fetcher.fetch_token(request).await }).catch_unwind();
-            tokio::select! {
+            let result = tokio::select! {
                 biased;
                 result = call => result.unwrap_or_else(|panic| Err(FetchError::transient(format!(
                     "fetcher panicked: {}", panic_message(&*panic)
@@ -150,7 +157,16 @@ impl Driver {
                 _ = timer => Err(FetchError::transient(format!(
                     "fetch timed out after {} s", timeout.as_secs_f64()
                 ))),
+            };
+            if let Some(slot) = slot {
+                slot.finish(match &result {
+                    Err(e) => e
+                        .retry_after()
+                        .map_or(Outcome::Answered, Outcome::PushedBack),
+                    Ok(_) => Outcome::Answered,
+                });
             }
+            result
         };
         let future = plugin::scope(plugin, future);
         let fetch = InFlight {

@@ -11,8 +11,9 @@ use super::stats::bump;
 use crate::backoff::{Backoff, SplitMix64};
 use crate::clock::{saturating_add, Sleep};
 use crate::event::Event;
+use crate::limiter::Member;
 use crate::store::TokenStore;
-use crate::{AccessToken, FetchLimiter, TokenFetcher};
+use crate::{AccessToken, TokenFetcher};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -35,7 +36,8 @@ pub(super) struct Config {
     pub(super) fetch_timeout: Duration,
     pub(super) consumer_timeout: Duration,
     pub(super) backoff: Backoff,
-    pub(super) limiter: Option<FetchLimiter>,
+    /// The shared limiter, with the ticket of the planned fetch (boxed: most managers share none).
+    pub(super) limiter: Option<Box<Member>>,
     pub(super) refresh_jitter: Duration,
     pub(super) estimate_clock_skew: bool,
 }
@@ -221,6 +223,9 @@ impl Driver {
                 continue;
             }
             if self.poll_wait(cx) {
+                continue;
+            }
+            if self.poll_ticket(cx) {
                 continue;
             }
             let deadline = self.next_deadline();
@@ -472,6 +477,27 @@ impl Driver {
                 self.shared.emit(|| Event::TokenExpired { token });
             }
         }
+    }
+
+    /// The shared limiter's plan says the planned fetch starts now: it no longer waits for its
+    /// wall-clock instant (an elapsed-time wait still holds it back). `true` when it did.
+    fn poll_ticket(&mut self, cx: &mut Context<'_>) -> bool {
+        let due = self
+            .config
+            .limiter
+            .as_mut()
+            .is_some_and(|member| member.poll_start(cx));
+        if !due {
+            return false;
+        }
+        if let Fetching::Planned(plan) = &mut self.fetching {
+            plan.at = None;
+            let now = self.shared.clock.now();
+            if plan.wait.is_none() {
+                self.shared.counters.set_next_fetch_at(Some(now));
+            }
+        }
+        true
     }
 }
 

@@ -137,6 +137,7 @@ impl Driver {
             wait,
         };
         self.fetching = Fetching::Planned(plan);
+        self.file_with_limiter(at);
         self.publish_next_fetch(Some(due))
     }
 
@@ -144,7 +145,16 @@ impl Driver {
     pub(super) fn set_unplanned(&mut self, state: Fetching) {
         debug_assert!(!matches!(state, Fetching::Planned(_)));
         self.fetching = state;
+        self.file_with_limiter(None);
         self.publish_next_fetch(None);
+    }
+
+    /// A shared limiter plans the planned fetch with its group's, due by its wall-clock instant;
+    /// a fetch with none (due at once, or after a wait alone), or none planned, files nothing.
+    fn file_with_limiter(&mut self, at: Option<SystemTime>) {
+        if let Some(member) = &mut self.config.limiter {
+            member.plan(at);
+        }
     }
 
     /// Publishes when the next automatic fetch is due, as `stats().next_fetch_at`, and answers it.

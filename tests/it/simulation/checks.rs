@@ -6,7 +6,7 @@ use super::fetcher::{FetchCall, RUNAWAY_CALLS};
 use super::model::{rel, Answer, Done, Pending, Predicted};
 use super::world::World;
 use access_manager::clock::Clock;
-use access_manager::{AccessToken, FetchReason, RefreshError, UpdateError};
+use access_manager::{AccessToken, FetchLimiter, FetchReason, RefreshError, UpdateError};
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, SystemTime};
 
@@ -115,6 +115,7 @@ impl World {
             ));
         }
         self.check_fetches()?;
+        self.check_limiter()?;
         self.check_consumers()?;
         self.check_answers()?;
         self.check_state(now)?;
@@ -142,6 +143,9 @@ impl World {
         self.fetch_cursor += calls.len();
         self.tally.fetches += calls.len() as u64;
         let ahead = self.profile.refresh_ahead;
+        // A fetch that waited for a slot of the shared limiter at the last check reaches the
+        // fetcher now: it was judged when it started (its reason and time are then's).
+        let mut carried = std::mem::take(&mut self.slot_waited);
         for call in calls {
             self.history.push(format!(
                 "    fetch: {} attempt {} → {}",
@@ -149,6 +153,9 @@ impl World {
             ));
             if self.asks.closed_before {
                 return Err("the fetcher was called after the manager stopped".into());
+            }
+            if std::mem::take(&mut carried) {
+                continue;
             }
             let asked_by_service = |code: u32| {
                 self.asks.report_codes.contains(&code) || self.asks.consumer_codes.contains(&code)
@@ -203,8 +210,14 @@ impl World {
                                     rel(exp)
                                 ));
                             }
+                            // A shared limiter starts a refresh as early as its plan needs:
+                            // a fetch's estimated duration at most, for a manager alone.
+                            let planned = self
+                                .limiter
+                                .as_ref()
+                                .map_or(Duration::ZERO, |_| FetchLimiter::MAX_FETCH_ESTIMATE);
                             let in_window = exp
-                                .checked_sub(ahead)
+                                .checked_sub(ahead + planned)
                                 .is_none_or(|will_at| call.at >= will_at);
                             // The refresh cycle began (the clock may have been set back since),
                             // or a service refused the token: the fetch goes on.
@@ -228,6 +241,39 @@ impl World {
                     }
                 }
             }
+        }
+        let still_waiting = self.limiter.as_ref().is_some_and(|l| l.waiting() > 0);
+        if carried && !still_waiting {
+            // It was cancelled (sign-out, shutdown) before it reached the fetcher.
+            self.never_reached += 1;
+        }
+        Ok(())
+    }
+
+    /// The shared limiter: never more slots in use than it has, and none held without a fetch
+    /// in the fetcher (no slot leaked); once stopped, no refresh left in its plan.
+    fn check_limiter(&mut self) -> Result<(), String> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        if limiter.peak() > limiter.max_concurrent() {
+            return Err(format!(
+                "{} fetches held the limiter's {} slots at once",
+                limiter.peak(),
+                limiter.max_concurrent()
+            ));
+        }
+        let fetching = self.fetch.as_ref().map_or(0, |log| log.in_flight());
+        if limiter.in_flight() > fetching {
+            return Err(format!(
+                "the limiter counts {} slots in use with {fetching} fetches in the fetcher: a \
+                 slot leaked",
+                limiter.in_flight()
+            ));
+        }
+        self.slot_waited = limiter.waiting() > 0;
+        if self.closed && limiter.planned() != 0 {
+            return Err("a stopped manager's refresh stayed in the limiter's plan".into());
         }
         Ok(())
     }
@@ -363,13 +409,16 @@ impl World {
                 ));
             }
         }
-        let fetching = self.fetch.as_ref().is_some_and(|f| f.in_flight() > 0);
+        // A fetch started may wait for a slot of the shared limiter: the fetcher has not seen it.
+        let waiting = self.limiter.as_ref().map_or(0, FetchLimiter::waiting) as u64;
+        let fetching = self.fetch.as_ref().is_some_and(|f| f.in_flight() > 0) || waiting > 0;
         if let Some(log) = &self.fetch {
             let calls = log.calls.lock().unwrap().len() as u64;
-            if stats.fetches != calls {
+            if stats.fetches != calls + waiting + self.never_reached {
                 return Err(format!(
-                    "stats say {} fetches, the fetcher saw {calls}",
-                    stats.fetches
+                    "stats say {} fetches, the fetcher saw {calls}, {waiting} wait for a slot, {} \
+                     were cancelled waiting",
+                    stats.fetches, self.never_reached
                 ));
             }
             let planned = stats.next_fetch_at.is_some();
