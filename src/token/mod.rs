@@ -6,6 +6,7 @@
 
 pub(crate) mod error;
 pub mod grants;
+mod json;
 mod mint;
 mod read;
 
