@@ -298,7 +298,8 @@ impl AccessTokenBuilder {
 
 /// base64url of `{"alg":"HS256","typ":"JWT","cty":"twilio-fpa;v=1"}`, twilio-node's header without a
 /// region (a unit test checks it against the serialised [`Header`]).
-const HEADER_B64: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImN0eSI6InR3aWxpby1mcGE7dj0xIn0";
+pub(super) const HEADER_B64: &str =
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImN0eSI6InR3aWxpby1mcGE7dj0xIn0";
 
 /// `jti`, `"{API key SID}-{iat}"`, written straight into the claims without a temporary string.
 struct Jti<'a> {
