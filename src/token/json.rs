@@ -373,36 +373,13 @@ static STRING_STOP: [bool; 256] = {
 
 /// Where the plain content of a string that goes on at `at` ends: the first quote, backslash or
 /// control character at or after `at` (or the end of the text).
-///
-/// Eight bytes at a time: nearly all of a token's JSON is SIDs and names inside strings, and this
-/// is what makes the pass over them cheap (see benches/README.md).
 #[inline(always)]
-fn skip_plain(bytes: &[u8], mut at: usize) -> usize {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    const HIGH: u64 = ONES << 7;
-    // Non-zero when some byte of `word` is below `n` (`n` <= 128): no byte is missed; a byte
-    // after the first found may be flagged wrongly, which the byte loop below makes harmless.
-    let any_below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGH;
-    while let Some(chunk) = bytes.get(at..at + 8) {
-        let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
-            break;
-        };
-        let word = u64::from_ne_bytes(chunk);
-        let stops = any_below(word, 0x20)
-            | any_below(word ^ (ONES * u64::from(b'"')), 1)
-            | any_below(word ^ (ONES * u64::from(b'\\')), 1);
-        if stops != 0 {
-            break;
-        }
-        at += 8;
-    }
-    while let Some(&b) = bytes.get(at) {
-        if STRING_STOP[usize::from(b)] {
-            break;
-        }
-        at += 1;
-    }
-    at
+fn skip_plain(bytes: &[u8], at: usize) -> usize {
+    let rest = bytes.get(at..).unwrap_or_default();
+    at + rest
+        .iter()
+        .position(|&b| STRING_STOP[usize::from(b)])
+        .unwrap_or(rest.len())
 }
 
 struct Cursor<'a> {
