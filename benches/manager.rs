@@ -2,20 +2,23 @@
 //! ratio comes from one run. Wall time throughout (criterion's `WallTime`): an update waits on the
 //! manager's task and, from `block_on`, on another thread; the time the caller waits is the figure.
 //!
-//! - `token_read`: `AccessManager::token()` against the floor, `AccessToken::clone` (one reference
-//!   count up, and down when the clone drops), and `ArcSwapOption::load_full`; and `with_token`,
-//!   which borrows the token instead of cloning it.
+//! - `token_read`: `AccessManager::token()` against its floor, `ArcSwapOption::load_full` (an
+//!   arc-swap load and an `Arc` clone), and `with_token` against its floor, `ArcSwapOption::load`
+//!   (the same read of the borrowed token through an arc-swap guard); `AccessToken::clone` (one
+//!   reference count up, and down when the clone drops) for reference.
 //! - `token_read_2_threads`: the same reads by two threads on one source at once.
 //! - `update_token_from_task`, `update_token_block_on_current_thread`,
 //!   `update_token_block_on_multi_thread`: an awaited `update_token` alternating two valid tokens
 //!   (each one a change) with 0, 4 and 64 consumers that keep the token, against a baseline of
 //!   `AccessToken::parse` + a `tokio::sync::watch` send + as many receiver tasks keeping the token
-//!   and acknowledging, both awaited by the same caller. `AccessToken::parse` alone for reference.
+//!   and acknowledging, both awaited by the same caller. From a task, also the floors an update is
+//!   built from, each alone: `AccessToken::parse`, a oneshot round trip to another task (a command
+//!   and its answer), a task wake, and one consumer's call awaited directly.
 //!
 //! `cargo bench --bench manager -- --warm-up-time 1 --measurement-time 3`, then
 //! `sh benches/ratios.sh` prints the ratios, over the baselines and over the peer (benches/peer).
 
-use access_manager::{AccessManager, AccessToken};
+use access_manager::{AccessManager, AccessToken, TokenConsumer};
 use arc_swap::ArcSwapOption;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::future::Future;
@@ -23,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 use tokio::runtime::Runtime;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 #[path = "support/keeping_consumer.rs"]
 mod keeping_consumer;
@@ -84,8 +87,13 @@ fn token_read(c: &mut Criterion) {
     group.bench_function("AccessToken::clone (floor)", |b| {
         b.iter(|| black_box(&s.token).clone())
     });
+    // `token()`'s floor.
     group.bench_function("ArcSwapOption::load_full", |b| {
         b.iter(|| black_box(&s.swap).load_full())
+    });
+    // `with_token(expires_at)`'s floor: the same read through a guard.
+    group.bench_function("ArcSwapOption::load(expires_at)", |b| {
+        b.iter(|| black_box(&s.swap).load().as_ref().map(|t| t.expires_at()))
     });
     group.bench_function("AccessManager::token", |b| {
         b.iter(|| black_box(&s.manager).token())
@@ -251,6 +259,66 @@ impl WatchBaseline {
     }
 }
 
+/// What an update from a task is built from, each alone and timed as the updates are: the parse
+/// every update makes (src/token's work); a oneshot round trip, a command sent to another task
+/// and its answer awaited (the least a one-owner design costs); a task wake (the wake and the
+/// poll that follows it: a yield); and one consumer's call awaited directly (what each delivery
+/// does at the least: the boxed future, the store of the token, the drop of the one it replaces).
+fn floors(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &Runtime,
+    jwt: &str,
+) {
+    group.bench_function("AccessToken::parse", |b| {
+        b.iter(|| AccessToken::parse(black_box(jwt)).unwrap())
+    });
+
+    let owner = rt.block_on(async {
+        let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<()>>();
+        tokio::spawn(async move {
+            while let Some(reply) = rx.recv().await {
+                let _ = reply.send(());
+            }
+        });
+        tx
+    });
+    group.bench_function("oneshot round trip", |b| {
+        b.iter_custom(|iters| {
+            let owner = owner.clone();
+            Caller::Task.time(rt, async move {
+                for _ in 0..iters {
+                    let (reply, answer) = oneshot::channel();
+                    owner.send(reply).unwrap();
+                    answer.await.unwrap();
+                }
+            })
+        })
+    });
+
+    group.bench_function("task wake", |b| {
+        b.iter_custom(|iters| {
+            Caller::Task.time(rt, async move {
+                for _ in 0..iters {
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+    });
+
+    let token = AccessToken::parse(jwt).unwrap();
+    let keeping = Arc::new(Keeping::default());
+    group.bench_function("consumer call", |b| {
+        b.iter_custom(|iters| {
+            let (token, keeping) = (token.clone(), keeping.clone());
+            Caller::Task.time(rt, async move {
+                for _ in 0..iters {
+                    keeping.update_token(black_box(&token)).await.unwrap();
+                }
+            })
+        })
+    });
+}
+
 fn update_token(c: &mut Criterion) {
     let jwts = Arc::new([mint(1), mint(2)]);
     for caller in [
@@ -261,10 +329,7 @@ fn update_token(c: &mut Criterion) {
         let rt = caller.runtime();
         let mut group = c.benchmark_group(caller.group());
         if let Caller::Task = caller {
-            // What every update costs before the manager sees the token (src/token's work).
-            group.bench_function("AccessToken::parse", |b| {
-                b.iter(|| AccessToken::parse(black_box(&jwts[0])).unwrap())
-            });
+            floors(&mut group, &rt, &jwts[0]);
         }
         for consumers in [0usize, 4, 64] {
             // Held here for the whole run: the manager holds its consumers weakly.

@@ -118,10 +118,8 @@ pub fn check_parse_error(err: &TokenError, input: &str) {
                 | TokenError::NotYetValid { .. }
                 | TokenError::LifetimeTooLong { .. }
                 | TokenError::SignatureMismatch
-                | TokenError::IdentityMismatch { .. }
-                | TokenError::AccountMismatch { .. }
         ),
-        "parse answered a time/verify/manager error: {err:?}"
+        "parse answered a time or verify error: {err:?}"
     );
     let msg = err.to_string();
     let dbg = format!("{err:?}");

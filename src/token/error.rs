@@ -22,6 +22,12 @@ impl fmt::Display for Secs {
 /// Twilio error code the server would have answered, so an app can log the number Twilio's docs explain.
 ///
 /// Messages never contain the token's signature or any secret.
+///
+/// ```
+/// use access_manager::TokenError;
+/// let err = TokenError::Expired { ago_secs: 90 };
+/// assert_eq!(err.to_string(), "token expired 90 s ago (Twilio error 20104)");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TokenError {
@@ -92,6 +98,15 @@ pub enum TokenError {
 
 impl TokenError {
     /// The Twilio error code: 20101..=20107 or 20157.
+    ///
+    /// ```
+    /// use access_manager::{AccessToken, TokenError};
+    /// let err = AccessToken::parse("not a token").unwrap_err();
+    /// assert!(matches!(err, TokenError::Malformed { .. }));
+    /// assert_eq!(err.code(), 20101);
+    /// assert_eq!(TokenError::Expired { ago_secs: 5 }.code(), 20104);
+    /// assert_eq!(TokenError::SignatureMismatch.code(), 20107);
+    /// ```
     pub fn code(&self) -> u32 {
         match self {
             TokenError::Malformed { .. } | TokenError::InvalidTimeClaim { .. } => 20101,

@@ -13,6 +13,16 @@ use serde_json::{Map, Value};
 use std::fmt;
 
 /// The kinds of grant a token can carry, one per SDK family.
+///
+/// `Display` gives the lowercase product name logs use (`sync`), [`wire_key`](Self::wire_key) the
+/// key in the token (`data_sync`).
+///
+/// ```
+/// use access_manager::GrantKind;
+/// assert_eq!(GrantKind::Sync.to_string(), "sync");
+/// assert_eq!(GrantKind::TaskRouter.to_string(), "task_router");
+/// assert!(GrantKind::Chat < GrantKind::Playback, "ordered as on the wire");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum GrantKind {
@@ -42,6 +52,14 @@ impl GrantKind {
     ];
 
     /// The key this grant has inside the token's `grants` object.
+    ///
+    /// ```
+    /// use access_manager::GrantKind;
+    /// assert_eq!(GrantKind::Sync.wire_key(), "data_sync");
+    /// assert_eq!(GrantKind::Playback.wire_key(), "player");
+    /// let keys: Vec<_> = GrantKind::ALL.iter().map(|k| k.wire_key()).collect();
+    /// assert_eq!(keys, ["chat", "data_sync", "voice", "video", "task_router", "player"]);
+    /// ```
     pub fn wire_key(self) -> &'static str {
         match self {
             GrantKind::Chat => "chat",
@@ -68,6 +86,19 @@ impl fmt::Display for GrantKind {
 }
 
 /// Chat and Conversations grant (wire key `chat`).
+///
+/// ```
+/// use access_manager::grants::ChatGrant;
+/// let chat = ChatGrant {
+///     service_sid: Some("IS00000000000000000000000000000001".into()),
+///     ..Default::default()
+/// };
+/// // Only the fields that are set are written.
+/// assert_eq!(
+///     serde_json::to_string(&chat).unwrap(),
+///     r#"{"service_sid":"IS00000000000000000000000000000001"}"#
+/// );
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatGrant {
     /// The Conversations / Chat service SID (`IS…`).
@@ -85,6 +116,14 @@ pub struct ChatGrant {
 }
 
 /// Sync grant (wire key `data_sync`).
+///
+/// ```
+/// use access_manager::grants::SyncGrant;
+/// let sync: SyncGrant = serde_json::from_str(r#"{"service_sid":"IS1","endpoint_id":"e1"}"#).unwrap();
+/// assert_eq!(sync.service_sid.as_deref(), Some("IS1"));
+/// assert_eq!(sync.endpoint_id.as_deref(), Some("e1"));
+/// assert_eq!(serde_json::to_string(&SyncGrant::default()).unwrap(), "{}");
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncGrant {
     /// The Sync service SID (`IS…`).
@@ -101,6 +140,26 @@ pub struct SyncGrant {
 /// (so a parsed `{allow: false}` is written back as no `incoming` at all), and
 /// `outgoing: {application_sid, params}` when an application SID (or params) is set; `null` params
 /// are left out, as twilio-node does.
+///
+/// ```
+/// use access_manager::grants::VoiceGrant;
+/// let voice = VoiceGrant {
+///     incoming_allow: true,
+///     outgoing_application_sid: Some("AP00000000000000000000000000000005".into()),
+///     ..Default::default()
+/// };
+/// assert_eq!(
+///     serde_json::to_value(&voice).unwrap(),
+///     serde_json::json!({
+///         "incoming": {"allow": true},
+///         "outgoing": {"application_sid": "AP00000000000000000000000000000005"}
+///     })
+/// );
+/// // `{allow: false}` reads as not allowed, and is written as no `incoming` at all.
+/// let read: VoiceGrant = serde_json::from_str(r#"{"incoming":{"allow":false}}"#).unwrap();
+/// assert!(!read.incoming_allow);
+/// assert_eq!(serde_json::to_string(&read).unwrap(), "{}");
+/// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct VoiceGrant {
     /// Whether the client may receive incoming calls.
@@ -203,6 +262,14 @@ impl<'de> Deserialize<'de> for VoiceGrant {
 }
 
 /// Video grant (wire key `video`).
+///
+/// ```
+/// use access_manager::grants::VideoGrant;
+/// let any_room = VideoGrant::default();
+/// assert_eq!(serde_json::to_string(&any_room).unwrap(), "{}");
+/// let one_room = VideoGrant { room: Some("standup".into()) };
+/// assert_eq!(serde_json::to_string(&one_room).unwrap(), r#"{"room":"standup"}"#);
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VideoGrant {
     /// The room name or SID the client may join; `None` allows any room.
@@ -211,6 +278,19 @@ pub struct VideoGrant {
 }
 
 /// TaskRouter grant (wire key `task_router`).
+///
+/// ```
+/// use access_manager::grants::TaskRouterGrant;
+/// let grant = TaskRouterGrant {
+///     workspace_sid: Some("WS1".into()),
+///     worker_sid: Some("WK1".into()),
+///     role: Some("worker".into()),
+/// };
+/// assert_eq!(
+///     serde_json::to_string(&grant).unwrap(),
+///     r#"{"workspace_sid":"WS1","worker_sid":"WK1","role":"worker"}"#
+/// );
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRouterGrant {
     /// The workspace SID (`WS…`).
@@ -225,10 +305,26 @@ pub struct TaskRouterGrant {
 }
 
 /// Playback grant (wire key `player`): an opaque object passed through as the server gave it.
+///
+/// ```
+/// use access_manager::grants::PlaybackGrant;
+/// let text = r#"{"playbackGrant":{"requestCredentials":null,"playerStreamerSid":"VJ1"}}"#;
+/// let grant: PlaybackGrant = serde_json::from_str(text).unwrap();
+/// assert_eq!(grant.0["playbackGrant"]["playerStreamerSid"], "VJ1");
+/// assert_eq!(serde_json::to_string(&grant).unwrap(), text);
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PlaybackGrant(pub Value);
 
 /// One grant, as given to [`AccessTokenBuilder::grant`](crate::AccessTokenBuilder::grant).
+///
+/// Each grant type converts into it, so the builder takes the grant itself:
+///
+/// ```
+/// use access_manager::grants::{ChatGrant, Grant};
+/// let grant: Grant = ChatGrant::default().into();
+/// assert_eq!(grant, Grant::Chat(ChatGrant::default()));
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Grant {
@@ -248,6 +344,13 @@ pub enum Grant {
 
 impl Grant {
     /// Which kind of grant this is.
+    ///
+    /// ```
+    /// use access_manager::grants::{Grant, VideoGrant};
+    /// use access_manager::GrantKind;
+    /// let grant = Grant::from(VideoGrant::default());
+    /// assert_eq!(grant.kind(), GrantKind::Video);
+    /// ```
     pub fn kind(&self) -> GrantKind {
         match self {
             Grant::Chat(_) => GrantKind::Chat,
@@ -276,6 +379,20 @@ grant_from!(ChatGrant => Chat, SyncGrant => Sync, VoiceGrant => Voice, VideoGran
 ///
 /// Keys this crate does not know are kept in [`other`](Self::other), in their original order, and
 /// serialised back after the known ones.
+///
+/// ```
+/// use access_manager::Grants;
+/// let text = r#"{"identity":"alice","rtc":{"configuration_profile_sid":"CP1"},"video":{}}"#;
+/// let grants: Grants = serde_json::from_str(text).unwrap();
+/// assert_eq!(grants.identity.as_deref(), Some("alice"));
+/// assert!(grants.video.is_some());
+/// assert_eq!(grants.other["rtc"]["configuration_profile_sid"], "CP1");
+/// // Known keys first, then the others in their order.
+/// assert_eq!(
+///     serde_json::to_string(&grants).unwrap(),
+///     r#"{"identity":"alice","video":{},"rtc":{"configuration_profile_sid":"CP1"}}"#
+/// );
+/// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Grants {
@@ -299,6 +416,13 @@ pub struct Grants {
 
 impl Grants {
     /// Whether a grant of this kind is present.
+    ///
+    /// ```
+    /// use access_manager::{GrantKind, Grants};
+    /// let grants: Grants = serde_json::from_str(r#"{"identity":"alice","chat":{}}"#).unwrap();
+    /// assert!(grants.has(GrantKind::Chat));
+    /// assert!(!grants.has(GrantKind::Voice));
+    /// ```
     pub fn has(&self, kind: GrantKind) -> bool {
         match kind {
             GrantKind::Chat => self.chat.is_some(),
@@ -311,11 +435,26 @@ impl Grants {
     }
 
     /// The kinds present, in wire order.
+    ///
+    /// ```
+    /// use access_manager::{GrantKind, Grants};
+    /// let grants: Grants = serde_json::from_str(r#"{"video":{},"rtc":{},"chat":{}}"#).unwrap();
+    /// assert_eq!(grants.kinds().collect::<Vec<_>>(), [GrantKind::Chat, GrantKind::Video]);
+    /// ```
     pub fn kinds(&self) -> impl Iterator<Item = GrantKind> + '_ {
         GrantKind::ALL.into_iter().filter(|k| self.has(*k))
     }
 
     /// Sets (or replaces) one grant.
+    ///
+    /// ```
+    /// use access_manager::grants::{Grant, VideoGrant};
+    /// use access_manager::Grants;
+    /// let mut grants = Grants::default();
+    /// grants.set(Grant::Video(VideoGrant { room: Some("a".into()) }));
+    /// grants.set(VideoGrant { room: Some("b".into()) }.into());
+    /// assert_eq!(grants.video, Some(VideoGrant { room: Some("b".into()) }));
+    /// ```
     pub fn set(&mut self, grant: Grant) {
         match grant {
             Grant::Chat(g) => self.chat = Some(g),

@@ -85,6 +85,16 @@ impl AccessTokenBuilder {
     }
 
     /// The user's identity (`grants.identity`).
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// let builder = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                                    "SKfedcba9876543210fedcba9876543210", "api-secret");
+    /// let jwt = builder.identity("alice").to_jwt()?;
+    /// assert_eq!(AccessToken::parse(&jwt)?.identity(), Some("alice"));
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn identity(mut self, identity: impl Into<String>) -> Self {
         self.grants.identity = Some(identity.into());
         self
@@ -93,30 +103,101 @@ impl AccessTokenBuilder {
     /// The lifetime, whole seconds (default [`DEFAULT_TTL`], 3600 s). As in twilio-node, zero means
     /// the default; a fraction of a second is dropped, so under one second also means the default.
     /// Twilio's servers refuse over 24 h, so [`to_jwt`](Self::to_jwt) does too.
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// let builder = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                                    "SKfedcba9876543210fedcba9876543210", "api-secret");
+    /// let issued = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// let builder = builder.issued_at(issued);
+    /// let token = AccessToken::parse(&builder.clone().ttl(Duration::from_secs(600)).to_jwt()?)?;
+    /// assert_eq!(token.expires_at(), issued + Duration::from_secs(600));
+    /// // Zero means the default; over 24 h is refused.
+    /// let token = AccessToken::parse(&builder.clone().ttl(Duration::ZERO).to_jwt()?)?;
+    /// assert_eq!(token.expires_at(), issued + access_manager::DEFAULT_TTL);
+    /// let err = builder.ttl(Duration::from_secs(86_401)).to_jwt().unwrap_err();
+    /// assert_eq!(err.code(), 20157);
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
     }
 
     /// The issue time, `iat` (default: the system clock when [`to_jwt`](Self::to_jwt) runs).
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// let builder = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                                    "SKfedcba9876543210fedcba9876543210", "api-secret");
+    /// let issued = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// let token = AccessToken::parse(&builder.issued_at(issued).to_jwt()?)?;
+    /// assert_eq!(token.issued_at(), Some(issued));
+    /// assert_eq!(token.expires_at(), issued + Duration::from_secs(3600));
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn issued_at(mut self, at: SystemTime) -> Self {
         self.issued_at = Some(at);
         self
     }
 
     /// The not-before time, `nbf` (default: none).
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// let builder = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                                    "SKfedcba9876543210fedcba9876543210", "api-secret");
+    /// let issued = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// let nbf = issued + Duration::from_secs(60);
+    /// let jwt = builder.issued_at(issued).not_before(nbf).to_jwt()?;
+    /// let token = AccessToken::parse(&jwt)?;
+    /// assert_eq!(token.not_before(), Some(nbf));
+    /// assert_eq!(token.validate_at(issued).unwrap_err().code(), 20105);
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn not_before(mut self, at: SystemTime) -> Self {
         self.not_before = Some(at);
         self
     }
 
     /// The region, written to the header's `twr` field (default: none).
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// let builder = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                                    "SKfedcba9876543210fedcba9876543210", "api-secret");
+    /// let jwt = builder.region("au1").to_jwt()?;
+    /// assert_eq!(AccessToken::parse(&jwt)?.region(), Some("au1"));
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn region(mut self, region: impl Into<String>) -> Self {
         self.region = Some(region.into());
         self
     }
 
     /// Adds a grant; a second grant of the same kind replaces the first.
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// let builder = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                                    "SKfedcba9876543210fedcba9876543210", "api-secret");
+    /// use access_manager::grants::{SyncGrant, VideoGrant};
+    /// use access_manager::GrantKind;
+    /// let jwt = builder
+    ///     .grant(SyncGrant::default())
+    ///     .grant(VideoGrant { room: Some("lobby".into()) })
+    ///     .grant(VideoGrant { room: Some("stage".into()) })
+    ///     .to_jwt()?;
+    /// let token = AccessToken::parse(&jwt)?;
+    /// assert_eq!(token.grant_kinds().collect::<Vec<_>>(), [GrantKind::Sync, GrantKind::Video]);
+    /// assert_eq!(token.grants().video.as_ref().unwrap().room.as_deref(), Some("stage"));
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn grant(mut self, grant: impl Into<Grant>) -> Self {
         self.grants.set(grant.into());
         self
@@ -133,6 +214,20 @@ impl AccessTokenBuilder {
     /// (20101) when the token would be longer than [`MAX_TOKEN_LEN`](crate::MAX_TOKEN_LEN), which
     /// [`AccessToken::parse`](super::AccessToken::parse) and Twilio refuse (long identities or
     /// grant values, and control characters, which JSON writes as six-byte `\u` escapes, add up).
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// let builder = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                                    "SKfedcba9876543210fedcba9876543210", "api-secret");
+    /// let jwt = builder.identity("alice").to_jwt()?;
+    /// assert_eq!(jwt.split('.').count(), 3);
+    /// assert!(AccessToken::verify(&jwt, b"api-secret", std::time::SystemTime::now()).is_ok());
+    ///
+    /// let bad = AccessToken::builder("not-an-account", "SKfedcba9876543210fedcba9876543210", "s");
+    /// assert_eq!(bad.to_jwt().unwrap_err().code(), 20103);
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn to_jwt(&self) -> Result<String, TokenError> {
         if !self.account_sid.starts_with("AC") {
             return Err(TokenError::InvalidIssuer {
@@ -203,7 +298,8 @@ impl AccessTokenBuilder {
 
 /// base64url of `{"alg":"HS256","typ":"JWT","cty":"twilio-fpa;v=1"}`, twilio-node's header without a
 /// region (a unit test checks it against the serialised [`Header`]).
-const HEADER_B64: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImN0eSI6InR3aWxpby1mcGE7dj0xIn0";
+pub(super) const HEADER_B64: &str =
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImN0eSI6InR3aWxpby1mcGE7dj0xIn0";
 
 /// `jti`, `"{API key SID}-{iat}"`, written straight into the claims without a temporary string.
 struct Jti<'a> {

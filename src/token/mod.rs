@@ -6,6 +6,7 @@
 
 pub(crate) mod error;
 pub mod grants;
+mod json;
 mod mint;
 mod read;
 
@@ -167,6 +168,24 @@ impl AccessToken {
     /// The first broken rule of the token format, in its order: malformed (20101), header (20102),
     /// signature shape (20107), issuer/subject (20103), expiry claim (20104), `nbf`/`iat` (20101),
     /// grants (20106). Never panics, whatever the input.
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    /// #     "SKfedcba9876543210fedcba9876543210", "api-secret")
+    /// #     .identity("alice")
+    /// #     .issued_at(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+    /// #     .grant(access_manager::grants::VideoGrant::default())
+    /// #     .to_jwt()?;
+    /// let token = AccessToken::parse(&format!("{jwt}\n"))?;
+    /// assert_eq!(token.identity(), Some("alice"));
+    /// assert_eq!(token.as_str(), jwt, "the newline is trimmed");
+    ///
+    /// let err = AccessToken::parse("not.a.token").unwrap_err();
+    /// assert_eq!(err.code(), 20101);
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn parse(jwt: &str) -> Result<AccessToken, TokenError> {
         let jwt = read::trim(jwt);
         let parsed = read::read(jwt)?;
@@ -196,6 +215,26 @@ impl AccessToken {
     ///
     /// # Errors
     /// As [`parse`](Self::parse), then [`TokenError::SignatureMismatch`] (20107), then the time rules.
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    /// #     "SKfedcba9876543210fedcba9876543210", "api-secret")
+    /// #     .identity("alice")
+    /// #     .issued_at(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+    /// #     .grant(access_manager::grants::VideoGrant::default())
+    /// #     .to_jwt()?;
+    /// let now = UNIX_EPOCH + Duration::from_secs(1_700_000_060);
+    /// let token = AccessToken::verify(&jwt, b"api-secret", now)?;
+    /// assert_eq!(token.identity(), Some("alice"));
+    ///
+    /// let err = AccessToken::verify(&jwt, b"another secret", now).unwrap_err();
+    /// assert_eq!(err.code(), 20107);
+    /// let later = UNIX_EPOCH + Duration::from_secs(1_700_003_600);
+    /// assert_eq!(AccessToken::verify(&jwt, b"api-secret", later).unwrap_err().code(), 20104);
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn verify(jwt: &str, secret: &[u8], now: SystemTime) -> Result<AccessToken, TokenError> {
         let token = AccessToken::parse(jwt)?;
         let (signed, sig_b64) = token.inner.jwt.split_at(token.inner.sig_dot.into());
@@ -216,6 +255,24 @@ impl AccessToken {
     ///
     /// # Errors
     /// The first of those rules the token breaks.
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    /// #     "SKfedcba9876543210fedcba9876543210", "api-secret")
+    /// #     .identity("alice")
+    /// #     .issued_at(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+    /// #     .grant(access_manager::grants::VideoGrant::default())
+    /// #     .to_jwt()?;
+    /// let token = AccessToken::parse(&jwt)?;
+    /// let issued = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// assert!(token.validate_at(issued + Duration::from_secs(60)).is_ok());
+    /// // An hour-long token (the default) has expired an hour after it was issued.
+    /// let err = token.validate_at(issued + Duration::from_secs(3600)).unwrap_err();
+    /// assert_eq!(err, access_manager::TokenError::Expired { ago_secs: 0 });
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn validate_at(&self, now: SystemTime) -> Result<(), TokenError> {
         let now = unix_secs(now);
         let inner = &self.inner;
@@ -242,6 +299,24 @@ impl AccessToken {
     }
 
     /// Starts minting a token signed with an API key's secret.
+    ///
+    /// ```
+    /// use access_manager::grants::ChatGrant;
+    /// use access_manager::{AccessToken, GrantKind};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// let issued = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                                "SKfedcba9876543210fedcba9876543210", "api-secret")
+    ///     .identity("alice")
+    ///     .issued_at(issued)
+    ///     .grant(ChatGrant::default())
+    ///     .to_jwt()?;
+    /// let token = AccessToken::verify(&jwt, b"api-secret", issued)?;
+    /// assert!(token.has_grant(GrantKind::Chat));
+    /// assert_eq!(token.expires_at(), issued + access_manager::DEFAULT_TTL);
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn builder(
         account_sid: impl Into<String>,
         api_key_sid: impl Into<String>,
@@ -251,41 +326,160 @@ impl AccessToken {
     }
 
     /// The token text (trimmed), as given to an SDK.
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    /// #     "SKfedcba9876543210fedcba9876543210", "api-secret")
+    /// #     .identity("alice")
+    /// #     .issued_at(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+    /// #     .grant(access_manager::grants::VideoGrant::default())
+    /// #     .to_jwt()?;
+    /// let token: AccessToken = format!("  {jwt}\r\n").parse()?;
+    /// assert_eq!(token.as_str(), jwt);
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn as_str(&self) -> &str {
         &self.inner.jwt
     }
 
     /// `grants.identity`, the user.
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    /// #     "SKfedcba9876543210fedcba9876543210", "api-secret")
+    /// #     .identity("alice")
+    /// #     .issued_at(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+    /// #     .grant(access_manager::grants::VideoGrant::default())
+    /// #     .to_jwt()?;
+    /// assert_eq!(AccessToken::parse(&jwt)?.identity(), Some("alice"));
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn identity(&self) -> Option<&str> {
         self.inner.has(HAS_IDENTITY).then(|| self.inner.string(3))
     }
 
     /// The account SID (`sub`, `AC…`).
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    /// #     "SKfedcba9876543210fedcba9876543210", "api-secret")
+    /// #     .identity("alice")
+    /// #     .issued_at(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+    /// #     .grant(access_manager::grants::VideoGrant::default())
+    /// #     .to_jwt()?;
+    /// assert_eq!(AccessToken::parse(&jwt)?.account_sid(), "AC0123456789abcdef0123456789abcdef");
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn account_sid(&self) -> &str {
         self.inner.string(0)
     }
 
     /// The API key SID that signed the token (`iss`, `SK…`).
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    /// #     "SKfedcba9876543210fedcba9876543210", "api-secret")
+    /// #     .identity("alice")
+    /// #     .issued_at(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+    /// #     .grant(access_manager::grants::VideoGrant::default())
+    /// #     .to_jwt()?;
+    /// assert_eq!(AccessToken::parse(&jwt)?.api_key_sid(), "SKfedcba9876543210fedcba9876543210");
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn api_key_sid(&self) -> &str {
         self.inner.string(1)
     }
 
     /// The region from the header's `twr` field (`"ie1"`, `"au1"`), if set.
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    /// #     "SKfedcba9876543210fedcba9876543210", "api-secret")
+    /// #     .identity("alice")
+    /// #     .issued_at(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+    /// #     .grant(access_manager::grants::VideoGrant::default())
+    /// #     .to_jwt()?;
+    /// assert_eq!(AccessToken::parse(&jwt)?.region(), None);
+    /// let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                                "SKfedcba9876543210fedcba9876543210", "api-secret")
+    ///     .region("ie1")
+    ///     .to_jwt()?;
+    /// assert_eq!(AccessToken::parse(&jwt)?.region(), Some("ie1"));
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn region(&self) -> Option<&str> {
         self.inner.has(HAS_REGION).then(|| self.inner.string(2))
     }
 
     /// When the token expires (`exp`).
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    /// #     "SKfedcba9876543210fedcba9876543210", "api-secret")
+    /// #     .identity("alice")
+    /// #     .issued_at(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+    /// #     .grant(access_manager::grants::VideoGrant::default())
+    /// #     .to_jwt()?;
+    /// let token = AccessToken::parse(&jwt)?;
+    /// assert_eq!(token.expires_at(), UNIX_EPOCH + Duration::from_secs(1_700_003_600));
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn expires_at(&self) -> SystemTime {
         from_unix_secs(self.inner.exp)
     }
 
     /// When the token becomes valid (`nbf`), if set.
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    /// #     "SKfedcba9876543210fedcba9876543210", "api-secret")
+    /// #     .identity("alice")
+    /// #     .issued_at(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+    /// #     .grant(access_manager::grants::VideoGrant::default())
+    /// #     .to_jwt()?;
+    /// assert_eq!(AccessToken::parse(&jwt)?.not_before(), None);
+    /// let nbf = UNIX_EPOCH + Duration::from_secs(1_700_000_300);
+    /// let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                                "SKfedcba9876543210fedcba9876543210", "api-secret")
+    ///     .issued_at(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+    ///     .not_before(nbf)
+    ///     .to_jwt()?;
+    /// assert_eq!(AccessToken::parse(&jwt)?.not_before(), Some(nbf));
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn not_before(&self) -> Option<SystemTime> {
         self.inner.nbf().map(from_unix_secs)
     }
 
     /// When the token was issued (`iat`), if set (twilio-python leaves it out).
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    /// #     "SKfedcba9876543210fedcba9876543210", "api-secret")
+    /// #     .identity("alice")
+    /// #     .issued_at(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+    /// #     .grant(access_manager::grants::VideoGrant::default())
+    /// #     .to_jwt()?;
+    /// let token = AccessToken::parse(&jwt)?;
+    /// assert_eq!(token.issued_at(), Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)));
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn issued_at(&self) -> Option<SystemTime> {
         self.inner.iat().map(from_unix_secs)
     }
@@ -296,6 +490,23 @@ impl AccessToken {
     /// builds them again from the token text (a few microseconds) and later calls share the
     /// result. [`identity`](Self::identity),
     /// [`has_grant`](Self::has_grant) and [`grant_kinds`](Self::grant_kinds) never need them.
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    /// #     "SKfedcba9876543210fedcba9876543210", "api-secret")
+    /// #     .identity("alice")
+    /// #     .issued_at(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+    /// #     .grant(access_manager::grants::VideoGrant::default())
+    /// #     .to_jwt()?;
+    /// let token = AccessToken::parse(&jwt)?;
+    /// let grants = token.grants();
+    /// assert_eq!(grants.identity.as_deref(), Some("alice"));
+    /// assert_eq!(grants.video, Some(access_manager::grants::VideoGrant { room: None }));
+    /// assert!(grants.chat.is_none());
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn grants(&self) -> &Grants {
         self.inner
             .grants
@@ -303,16 +514,63 @@ impl AccessToken {
     }
 
     /// Whether the token carries a grant of this kind.
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    /// #     "SKfedcba9876543210fedcba9876543210", "api-secret")
+    /// #     .identity("alice")
+    /// #     .issued_at(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+    /// #     .grant(access_manager::grants::VideoGrant::default())
+    /// #     .to_jwt()?;
+    /// use access_manager::GrantKind;
+    /// let token = AccessToken::parse(&jwt)?;
+    /// assert!(token.has_grant(GrantKind::Video));
+    /// assert!(!token.has_grant(GrantKind::Chat));
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn has_grant(&self, kind: GrantKind) -> bool {
         self.inner.kinds & kind_bit(kind) != 0
     }
 
     /// The kinds of grant the token carries, in wire order.
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    /// #     "SKfedcba9876543210fedcba9876543210", "api-secret")
+    /// #     .identity("alice")
+    /// #     .issued_at(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+    /// #     .grant(access_manager::grants::VideoGrant::default())
+    /// #     .to_jwt()?;
+    /// use access_manager::GrantKind;
+    /// let token = AccessToken::parse(&jwt)?;
+    /// assert_eq!(token.grant_kinds().collect::<Vec<_>>(), [GrantKind::Video]);
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn grant_kinds(&self) -> impl Iterator<Item = GrantKind> + '_ {
         GrantKind::ALL.into_iter().filter(|k| self.has_grant(*k))
     }
 
     /// Time left before expiry at `now` (zero once expired).
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    /// #     "SKfedcba9876543210fedcba9876543210", "api-secret")
+    /// #     .identity("alice")
+    /// #     .issued_at(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+    /// #     .grant(access_manager::grants::VideoGrant::default())
+    /// #     .to_jwt()?;
+    /// let token = AccessToken::parse(&jwt)?;
+    /// let issued = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// assert_eq!(token.remaining_at(issued + Duration::from_secs(600)), Duration::from_secs(3000));
+    /// assert_eq!(token.remaining_at(issued + Duration::from_secs(7200)), Duration::ZERO);
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn remaining_at(&self, now: SystemTime) -> Duration {
         self.expires_at()
             .duration_since(now)
@@ -333,11 +591,38 @@ impl AccessToken {
     }
 
     /// The token text up to (not including) the signature: safe to log.
+    ///
+    /// ```
+    /// # use access_manager::AccessToken;
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    /// #     "SKfedcba9876543210fedcba9876543210", "api-secret")
+    /// #     .identity("alice")
+    /// #     .issued_at(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+    /// #     .grant(access_manager::grants::VideoGrant::default())
+    /// #     .to_jwt()?;
+    /// let token = AccessToken::parse(&jwt)?;
+    /// let (unsigned, signature) = jwt.rsplit_once('.').unwrap();
+    /// assert_eq!(token.unsigned_part(), unsigned);
+    /// assert!(!token.unsigned_part().contains(signature));
+    /// # Ok::<(), access_manager::TokenError>(())
+    /// ```
     pub fn unsigned_part(&self) -> &str {
         &self.inner.jwt[..self.inner.sig_dot.into()]
     }
 }
 
+/// [`AccessToken::parse`], for `str::parse`.
+///
+/// ```
+/// # use access_manager::AccessToken;
+/// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+/// #     "SKfedcba9876543210fedcba9876543210", "api-secret").identity("alice").to_jwt()?;
+/// let token: AccessToken = jwt.parse()?;
+/// assert_eq!(token.identity(), Some("alice"));
+/// assert_eq!("x".parse::<AccessToken>().unwrap_err().code(), 20101);
+/// # Ok::<(), access_manager::TokenError>(())
+/// ```
 impl FromStr for AccessToken {
     type Err = TokenError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -346,6 +631,16 @@ impl FromStr for AccessToken {
 }
 
 /// [`AccessToken::parse`], keeping the string's buffer as the token text instead of copying it.
+///
+/// ```
+/// # use access_manager::AccessToken;
+/// # let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+/// #     "SKfedcba9876543210fedcba9876543210", "api-secret").identity("alice").to_jwt()?;
+/// let body = format!("{jwt}\n"); // as read from an HTTP response, say
+/// let token = AccessToken::try_from(body)?;
+/// assert_eq!(token.as_str(), jwt);
+/// # Ok::<(), access_manager::TokenError>(())
+/// ```
 impl TryFrom<String> for AccessToken {
     type Error = TokenError;
     fn try_from(jwt: String) -> Result<Self, Self::Error> {

@@ -73,6 +73,141 @@ fn rule_1_malformed_structure_is_20101() {
     }
 }
 
+/// Asserts that parse and verify (with the right secret) both refuse `jwt` as malformed (20101).
+fn assert_malformed(what: &str, jwt: &str) {
+    let err = parse_err(jwt);
+    assert!(
+        matches!(err, TokenError::Malformed { .. }),
+        "{what}: {err:?}"
+    );
+    assert_eq!(err.code(), 20101, "{what}");
+    let err = AccessToken::verify(jwt, SECRET.as_bytes(), at(NOW)).unwrap_err();
+    assert_eq!(err.code(), 20101, "{what}: verify: {err:?}");
+}
+
+#[test]
+fn rule_1_a_key_twice_in_the_grants_object_is_20101() {
+    for grants in [
+        r#"{"identity":"alice","identity":"mallory"}"#,
+        r#"{"identity":"alice","video":{"room":"r1"},"video":{"room":"r2"}}"#,
+        r#"{"identity":"alice","chat":{},"chat":{}}"#,
+        r#"{"identity":"alice","player":{},"player":null}"#,
+        r#"{"identity":"alice","rtc":{"a":1},"rtc":{"a":1}}"#,
+        // The same key spelt with an escape.
+        r#"{"identity":"alice","identit\u0079":"mallory"}"#,
+    ] {
+        assert_malformed(grants, &with_grants_text(grants));
+    }
+}
+
+#[test]
+fn rule_1_a_key_twice_inside_any_grant_is_20101() {
+    for grants in [
+        r#"{"chat":{"service_sid":"IS1","service_sid":"IS2"}}"#,
+        r#"{"chat":{"endpoint_id":"e","x":1,"endpoint_id":"e"}}"#,
+        r#"{"data_sync":{"service_sid":"IS1","service_sid":"IS2"}}"#,
+        r#"{"voice":{"push_credential_sid":"CR1","push_credential_sid":"CR2"}}"#,
+        r#"{"voice":{"incoming":{"allow":true},"incoming":{"allow":false}}}"#,
+        r#"{"voice":{"incoming":{"allow":false,"allow":true}}}"#,
+        r#"{"voice":{"outgoing":{"application_sid":"AP1","application_sid":"AP2"}}}"#,
+        r#"{"voice":{"outgoing":{"application_sid":"AP1","params":{"to":"a","to":"b"}}}}"#,
+        r#"{"voice":{"outgoing":{"params":[{"n":1},{"n":1,"n":2}]}}}"#,
+        r#"{"video":{"room":"r1","room":"r2"}}"#,
+        r#"{"video":{"r\u006fom":"r1","room":"r2"}}"#,
+        r#"{"task_router":{"role":"a","role":"b"}}"#,
+        r#"{"player":{"k":1,"k":2}}"#,
+        r#"{"player":[[{"deep":{"k":1,"k":1}}]]}"#,
+        r#"{"ip_messaging":{"service_sid":"IS1","service_sid":"IS2"}}"#,
+        r#"{"rtc":{"a":{"b":{"c":{"d":1,"d":1}}}}}"#,
+        r#"{"rtc":{"a":"x","A":"y","a":"z"}}"#,
+    ] {
+        assert_malformed(grants, &with_grants_text(grants));
+    }
+}
+
+#[test]
+fn rule_1_a_key_twice_anywhere_in_the_header_or_the_claims_is_20101() {
+    let header = good_header().to_string();
+    let claims = good_claims().to_string();
+    let cases = [
+        (
+            "header alg twice, same value",
+            sign_raw(&header.replacen('{', r#"{"alg":"HS256","#, 1), &claims),
+        ),
+        (
+            "header unknown key twice",
+            sign_raw(
+                &header.replacen('{', r#"{"kid":"a","kid":"b","#, 1),
+                &claims,
+            ),
+        ),
+        (
+            "header key twice in a nested object",
+            sign_raw(
+                &header.replacen('{', r#"{"x5":{"a":[{"b":1,"b":1}]},"#, 1),
+                &claims,
+            ),
+        ),
+        (
+            "unknown claim twice",
+            sign_raw(&header, &claims.replacen('{', r#"{"jti":"a","#, 1)),
+        ),
+        (
+            "key twice in an unknown claim's object",
+            sign_raw(
+                &header,
+                &claims.replacen('{', r#"{"ext":{"k":[1],"k":[1]},"#, 1),
+            ),
+        ),
+    ];
+    for (what, jwt) in cases {
+        assert_malformed(what, &jwt);
+    }
+}
+
+#[test]
+fn a_key_twice_is_reported_before_any_later_rule() {
+    // A bad `alg` (rule 2) and a bad `iss` (rule 4) too: the repeated grant key wins.
+    let claims = good_claims()
+        .to_string()
+        .replace(
+            r#"{"identity":"alice","video":{"room":"r1"}}"#,
+            r#"{"video":{"room":"a","room":"b"}}"#,
+        )
+        .replace(API_KEY_SID, ACCOUNT_SID);
+    let jwt = sign_raw(r#"{"alg":"HS512","cty":"twilio-fpa;v=1"}"#, &claims);
+    let err = parse_err(&jwt);
+    assert!(matches!(err, TokenError::Malformed { .. }), "{err:?}");
+    assert!(err.to_string().contains("twice"), "{err}");
+}
+
+#[test]
+fn the_same_key_in_different_objects_is_not_a_duplicate() {
+    let grants = r#"{"identity":"alice","chat":{"service_sid":"IS1","endpoint_id":"e"},
+        "data_sync":{"service_sid":"IS2","endpoint_id":"e"},"video":{"room":"r"},
+        "voice":{"outgoing":{"application_sid":"AP1","params":{"room":"r","a":{"room":"r"}}}},
+        "rtc":{"room":"r","ROOM":"r","room ":"r"}}"#;
+    let token = AccessToken::verify(&with_grants_text(grants), SECRET.as_bytes(), at(NOW)).unwrap();
+    assert_eq!(token.identity(), Some("alice"));
+    assert_eq!(token.grants().other["rtc"].as_object().unwrap().len(), 3);
+}
+
+#[test]
+fn an_object_with_many_keys_is_checked_whole() {
+    // Enough keys that a check of neighbours only, or of the first few, would miss the repeat.
+    let keys: Vec<String> = (0..600).map(|i| format!(r#""k{i}":{i}"#)).collect();
+    let distinct = format!(r#"{{"identity":"alice","rtc":{{{}}}}}"#, keys.join(","));
+    let token = AccessToken::parse(&with_grants_text(&distinct)).unwrap();
+    assert_eq!(token.grants().other["rtc"].as_object().unwrap().len(), 600);
+    for repeated in ["k0", "k299", "k599"] {
+        let grants = format!(
+            r#"{{"identity":"alice","rtc":{{{},"{repeated}":0,"k600":0}}}}"#,
+            keys.join(",")
+        );
+        assert_malformed(repeated, &with_grants_text(&grants));
+    }
+}
+
 #[test]
 fn a_token_over_16_kib_is_20101_and_one_at_the_limit_parses() {
     let token_of = |identity_len: usize| {

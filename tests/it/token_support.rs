@@ -80,3 +80,69 @@ pub fn decode_segment(seg: &str) -> Value {
 pub fn vectors() -> Value {
     serde_json::from_str(include_str!("../data/twilio_tokens.json")).unwrap()
 }
+
+/// A valid token whose `grants` value is the raw JSON text `grants` (which may repeat keys, as a
+/// `serde_json::Value` cannot).
+pub fn with_grants_text(grants: &str) -> String {
+    let claims = good_claims()
+        .to_string()
+        .replace(r#"{"identity":"alice","video":{"room":"r1"}}"#, grants);
+    sign_raw(&good_header().to_string(), &claims)
+}
+
+/// Whether some object in the JSON text `json` has a key twice (keys compared as the strings they
+/// spell, escapes decoded); `None` when `json` is not JSON serde_json reads.
+pub fn has_duplicate_key(json: &str) -> Option<bool> {
+    use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+    use std::collections::HashSet;
+
+    /// Any JSON value; `.0` is whether it (or anything inside it) repeats a key.
+    struct Dup(bool);
+    impl<'de> serde::Deserialize<'de> for Dup {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Dup, D::Error> {
+            d.deserialize_any(DupVisitor)
+        }
+    }
+    struct DupVisitor;
+    impl<'de> Visitor<'de> for DupVisitor {
+        type Value = Dup;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Dup, E> {
+            Ok(Dup(false))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Dup, E> {
+            Ok(Dup(false))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Dup, E> {
+            Ok(Dup(false))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Dup, E> {
+            Ok(Dup(false))
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Dup, E> {
+            Ok(Dup(false))
+        }
+        fn visit_unit<E>(self) -> Result<Dup, E> {
+            Ok(Dup(false))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Dup, A::Error> {
+            let mut dup = false;
+            while let Some(Dup(d)) = seq.next_element()? {
+                dup |= d;
+            }
+            Ok(Dup(dup))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Dup, A::Error> {
+            let mut seen = HashSet::new();
+            let mut dup = false;
+            while let Some(key) = map.next_key::<String>()? {
+                dup |= !seen.insert(key);
+                dup |= map.next_value::<Dup>()?.0;
+            }
+            Ok(Dup(dup))
+        }
+    }
+    serde_json::from_str::<Dup>(json).ok().map(|d| d.0)
+}
