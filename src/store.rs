@@ -23,6 +23,14 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the manager waits for one store call, on elapsed time (its
+/// [`Clock::sleep`](crate::clock::Clock::sleep)): 5 s. Past it the manager goes on without the
+/// store (a warning, a count in [`Stats::store_timeouts`](crate::Stats::store_timeouts)) and
+/// ignores the late answer; the next call still waits for the late one to return, so calls never
+/// overlap and a clear always lands after the save before it.
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The largest token file [`FileTokenStore`] loads or saves: 64 KiB. A token is at most
 /// [`MAX_TOKEN_LEN`](crate::MAX_TOKEN_LEN) (16 KiB); a larger file holds none.

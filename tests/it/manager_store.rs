@@ -186,8 +186,9 @@ async fn each_new_token_is_saved_and_sign_out_clears_the_store() {
     assert_eq!(store.wait_calls(2).await, ["save", "save"]);
     assert_eq!(store.inner.load().unwrap(), Some(second));
 
-    manager.sign_out().await;
-    assert_eq!(store.wait_calls(3).await, ["save", "save", "clear"]);
+    manager.sign_out().await.unwrap();
+    // Answered once the clear has run.
+    assert_eq!(store.calls(), ["save", "save", "clear"]);
     assert_eq!(store.inner.load().unwrap(), None);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -303,8 +304,9 @@ async fn a_sign_out_while_the_stored_token_is_read_keeps_it_out() {
         .build()
         .unwrap();
     settle().await; // the load is under way, held at the gate
-    manager.sign_out().await;
+    let signing_out = tokio::spawn(manager.sign_out());
     gated.open();
+    signing_out.await.unwrap().unwrap();
     assert_eq!(store.wait_calls(2).await, ["load", "clear"]);
     settle().await;
     assert!(
@@ -312,4 +314,193 @@ async fn a_sign_out_while_the_stored_token_is_read_keeps_it_out() {
         "the signed-out session's token came back"
     );
     assert_eq!(gated.load().unwrap(), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sign-out and shutdown with store calls in flight (behaviour 17).
+
+/// A gate a store call waits at until the test opens it.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl Gate {
+    fn wait(&self) {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+/// A store in memory whose saves wait at a gate, and whose clears fail when told to.
+#[derive(Default)]
+struct SlowSaves {
+    token: Mutex<Option<String>>,
+    gate: Gate,
+    saves_started: std::sync::atomic::AtomicUsize,
+    clear_fails: std::sync::atomic::AtomicBool,
+}
+
+impl SlowSaves {
+    fn held(&self) -> Option<String> {
+        self.token.lock().unwrap().clone()
+    }
+
+    async fn until_saving(&self, n: usize) {
+        until(|| self.saves_started.load(std::sync::atomic::Ordering::SeqCst) >= n).await;
+    }
+}
+
+impl TokenStore for SlowSaves {
+    fn load(&self) -> io::Result<Option<String>> {
+        Ok(self.held())
+    }
+    fn save(&self, jwt: &str) -> io::Result<()> {
+        self.saves_started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.gate.wait();
+        *self.token.lock().unwrap() = Some(jwt.to_owned());
+        Ok(())
+    }
+    fn clear(&self) -> io::Result<()> {
+        if self.clear_fails.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "read-only"));
+        }
+        *self.token.lock().unwrap() = None;
+        Ok(())
+    }
+}
+
+/// A manager holding a token whose save is held at the store's gate.
+async fn saving(clock: &ManualClock, store: &Arc<SlowSaves>) -> AccessManager {
+    let manager = AccessManager::builder()
+        .clock(clock.clone())
+        .store(store.clone())
+        .initial_token(mint("alice", T0, 3600))
+        .build()
+        .unwrap();
+    store.until_saving(1).await;
+    manager
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn sign_out_with_a_save_in_flight_returns_once_the_clear_has_run_after_it() {
+    let store = Arc::new(SlowSaves::default());
+    let clock = clock();
+    let manager = saving(&clock, &store).await;
+
+    let signing_out = tokio::spawn(manager.sign_out());
+    settle().await;
+    let returned_early = signing_out.is_finished();
+    let forgotten_at_once = manager.token().is_none();
+    store.gate.open(); // before any assert: a failed test must not leave the pool thread waiting
+    assert!(
+        !returned_early,
+        "sign_out() returned before the store was cleared"
+    );
+    assert!(
+        forgotten_at_once,
+        "the in-memory sign-out waits for nothing"
+    );
+    signing_out.await.unwrap().unwrap();
+    assert_eq!(store.held(), None, "the save landed after the clear");
+    settle().await;
+    assert_eq!(store.held(), None);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_clear_queued_behind_a_save_runs_on_shutdown_and_the_next_start_is_signed_out() {
+    let store = Arc::new(SlowSaves::default());
+    let clock = clock();
+    let manager = saving(&clock, &store).await;
+
+    let signing_out = tokio::spawn(manager.sign_out());
+    let stopping = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.shutdown().await }
+    });
+    settle().await;
+    store.gate.open();
+    signing_out.await.unwrap().unwrap();
+    stopping.await.unwrap();
+    assert_eq!(
+        store.held(),
+        None,
+        "the signed-out token was left in the store"
+    );
+
+    let (fetcher, mut calls) = scripted();
+    let next = AccessManager::builder()
+        .clock(clock.clone())
+        .store(store.clone())
+        .fetcher(fetcher)
+        .build()
+        .unwrap();
+    assert_eq!(calls.next().await.request.reason(), FetchReason::Initial);
+    assert!(
+        next.token().is_none(),
+        "the next start signed the user back in"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn shutdown_returns_once_the_save_in_flight_has_landed() {
+    let store = Arc::new(SlowSaves::default());
+    let clock = clock();
+    let manager = saving(&clock, &store).await;
+
+    let stopping = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.shutdown().await }
+    });
+    settle().await;
+    let returned_early = stopping.is_finished();
+    store.gate.open();
+    assert!(
+        !returned_early,
+        "shutdown() returned with a save still running"
+    );
+    stopping.await.unwrap();
+    assert!(store.held().is_some());
+    assert!(manager.is_closed());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn sign_out_answers_the_stores_error_and_signs_out_in_memory_anyway() {
+    let store = Arc::new(SlowSaves::default());
+    store.gate.open();
+    store
+        .clear_fails
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let clock = clock();
+    let manager = saving(&clock, &store).await;
+    let chat = Recorder::new("chat", Mode::Accept);
+    manager.register(&chat);
+    chat.wait_calls(1).await;
+
+    let error = manager.sign_out().await.unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::PermissionDenied);
+    assert!(manager.token().is_none());
+    assert_eq!(chat.signed_outs(), 1);
+    assert_eq!(manager.stats().store_failures, 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn sign_out_after_shutdown_answers_that_nothing_was_cleared() {
+    let store = Arc::new(SlowSaves::default());
+    store.gate.open();
+    let clock = clock();
+    let manager = saving(&clock, &store).await;
+    manager.shutdown().await;
+    let error = manager.sign_out().await.unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::NotConnected);
+    assert!(store.held().is_some(), "shutdown is not a sign-out");
 }

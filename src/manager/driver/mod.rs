@@ -106,6 +106,7 @@ pub(super) struct Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         self.stop();
+        self.close();
     }
 }
 
@@ -114,11 +115,16 @@ impl Future for Driver {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let driver = &mut *self;
-        if driver.stopped || driver.step(cx).is_ready() {
-            driver.stop();
-            return Poll::Ready(());
+        if !driver.stopped && driver.step(cx).is_pending() {
+            return Poll::Pending;
         }
-        Poll::Pending
+        driver.stop();
+        // The store's last calls end before the manager closes (behaviour 17).
+        if driver.poll_store_stopped(cx).is_pending() {
+            return Poll::Pending;
+        }
+        driver.close();
+        Poll::Ready(())
     }
 }
 
@@ -131,7 +137,11 @@ impl Driver {
         let now = shared.clock.now();
         let persistence = config.store.take().map(|store| {
             // Without an initial token, the stored one (if valid) is taken before any fetch.
-            Box::new(Persistence::new(store, initial.is_none()))
+            Box::new(Persistence::new(
+                store,
+                shared.clock.clone(),
+                initial.is_none(),
+            ))
         });
         let mut driver = Driver {
             persistence,
@@ -163,8 +173,8 @@ impl Driver {
     }
 
     /// Stops: drops the fetcher, the fetch in flight, the consumers' calls and the timers (their
-    /// callers answer `Closed`) and forgets the token, then marks the manager closed, so that
-    /// `shutdown()` returns once all of it is gone.
+    /// callers answer `Closed`), the store's queued save, and forgets the token. The manager
+    /// closes once the store's last calls are done ([`close`](Self::close)).
     fn stop(&mut self) {
         if self.stopped {
             return;
@@ -178,14 +188,24 @@ impl Driver {
             self.config.fetcher.take(),
             self.timer.take(),
             self.fetch_wait.take(),
-            self.persistence.take(),
             std::mem::take(&mut self.inbox),
         );
         let _ = drop_caught(owned);
         self.fanout.abandon();
+        if let Some(persistence) = &mut self.persistence {
+            persistence.stop();
+        }
         self.current = None;
         self.shared.current.store(None);
-        self.shared.close();
+    }
+
+    /// Marks the manager closed, so that `shutdown()` returns once all of it is gone. A store call
+    /// still running past its deadline is left to finish on its own (a queued clear after it).
+    fn close(&mut self) {
+        let _ = drop_caught(self.persistence.take());
+        if !self.shared.is_closed() {
+            self.shared.close();
+        }
     }
 
     /// Runs until nothing is ready: commands, then whatever finished; `Ready` to stop.
@@ -289,7 +309,7 @@ impl Driver {
                 generation,
                 action,
             } => self.on_service_refused(code, generation, action, now),
-            Command::SignOut { reply } => self.on_sign_out(reply),
+            Command::SignOut { reply, cleared } => self.on_sign_out(reply, cleared),
             Command::Resume => self.on_resume(now),
             Command::Shutdown => {}
         }

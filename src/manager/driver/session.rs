@@ -4,6 +4,7 @@ use super::super::error::RefreshError;
 use super::super::fanout::Refusal;
 use super::super::service::{decide, is_invalid, ServiceAction, Situation};
 use super::super::stats::bump;
+use super::persist::Cleared;
 use super::{Driver, ANY_TIME, MIN_FETCH_SPACING};
 use crate::event::Event;
 use crate::fetcher::FetchReason;
@@ -83,7 +84,7 @@ impl Driver {
 
     /// Forgets the token and the session: no timer, no fetch, no automatic fetch until
     /// `refresh()` or `update_token()`; each consumer's `signed_out` runs.
-    pub(super) fn on_sign_out(&mut self, reply: oneshot::Sender<()>) {
+    pub(super) fn on_sign_out(&mut self, reply: oneshot::Sender<()>, cleared: Cleared) {
         if let Some(fetch) = self.fetch.take() {
             (*fetch).cancel(RefreshError::SignedOut);
         }
@@ -93,10 +94,15 @@ impl Driver {
         self.failures = 0;
         self.set_halted(true);
         self.set_invalid_strike(0);
-        if let Some(persistence) = &mut self.persistence {
-            // A stored token still being read belongs to the session signed out of.
-            persistence.loading = false;
-            persistence.clear();
+        match &mut self.persistence {
+            Some(persistence) => {
+                // A stored token still being read belongs to the session signed out of.
+                persistence.loading = false;
+                persistence.clear(Some(cleared));
+            }
+            None => {
+                let _ = cleared.send(Ok(()));
+            }
         }
         self.fanout.sign_out(&self.shared, reply);
     }

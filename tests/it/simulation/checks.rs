@@ -226,6 +226,7 @@ impl World {
             let shown = match &answer {
                 Answer::Update(r) => format!("{r:?} {}", display(r.as_ref().err())),
                 Answer::Token(r) => format!("{r:?} {}", display(r.as_ref().err())),
+                Answer::Cleared(r) => format!("{r:?}"),
                 Answer::Unit => String::new(),
             };
             if let Some(leak) = self.secrets.leak_in(&shown) {
@@ -257,11 +258,20 @@ impl World {
                     };
                     self.check_refresh_answer(min, at, result)?;
                 }
+                (Pending::SignOut, Answer::Cleared(result)) => self.check_cleared(result)?,
                 (_, Answer::Unit) => {}
                 (pending, _) => panic!("a call's answer does not fit its call {pending:?}"),
             }
         }
         Ok(())
+    }
+
+    /// Without a store, `sign_out()` has nothing to fail at.
+    fn check_cleared(&self, result: std::io::Result<()>) -> Result<(), String> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(error) => Err(format!("sign_out() answered {error} without a store")),
+        }
     }
 
     fn check_refresh_answer(

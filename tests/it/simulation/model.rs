@@ -108,6 +108,8 @@ impl Pending {
 pub enum Answer {
     Update(Result<UpdateReport, UpdateError>),
     Token(Result<AccessToken, RefreshError>),
+    /// `sign_out()`'s: whether the store was cleared.
+    Cleared(std::io::Result<()>),
     Unit,
 }
 

@@ -356,10 +356,7 @@ impl World {
             Op::SignOut => {
                 self.note("sign_out()".into());
                 let done = self.manager().sign_out();
-                self.spawn(Pending::SignOut, async move {
-                    done.await;
-                    Answer::Unit
-                });
+                self.spawn(Pending::SignOut, async move { Answer::Cleared(done.await) });
                 self.current = None;
                 self.halted = true;
                 self.strike = 0;
