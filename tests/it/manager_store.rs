@@ -504,3 +504,111 @@ async fn sign_out_after_shutdown_answers_that_nothing_was_cleared() {
     assert_eq!(error.kind(), io::ErrorKind::NotConnected);
     assert!(store.held().is_some(), "shutdown is not a sign-out");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A store that blocks, and files that hold no token.
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_load_that_blocks_is_left_behind_at_its_deadline_and_the_manager_fetches() {
+    let gated = Arc::new(GatedStore::default());
+    gated.save(&mint("alice", T0 - 60, 3600)).unwrap();
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let manager = AccessManager::builder()
+        .clock(clock.clone())
+        .store(gated.clone())
+        .fetcher(fetcher)
+        .build()
+        .unwrap();
+    settle().await;
+    let fetched_early = calls.made();
+    clock.advance(secs(5));
+    settle().await;
+    let fetched_at_deadline = calls.made();
+    if fetched_at_deadline == 0 {
+        gated.open(); // a failed test must not leave the pool thread waiting
+    }
+    assert_eq!(fetched_early, 0, "fetched before the stored token was read");
+    assert_eq!(fetched_at_deadline, 1, "a blocked store stopped fetching");
+    assert_eq!(manager.stats().store_timeouts, 1);
+    let first = calls.next().await;
+    assert_eq!(first.request.reason(), FetchReason::Initial);
+    let fetched = mint("alice", T0, 3600);
+    first.ok(fetched.clone());
+    until(|| manager.token().is_some()).await;
+
+    // The late answer, a valid stored token, is ignored.
+    gated.open();
+    settle().await;
+    assert_eq!(manager.token().unwrap().as_str(), fetched);
+}
+
+/// A file that holds no token is removed at load; without a fetcher nothing else happens.
+async fn removed_at_load(test: &str, contents: &[u8]) {
+    let dir = scratch(test);
+    let path = dir.join("token.jwt");
+    std::fs::write(&path, contents).unwrap();
+    let store = Observed::new(FileTokenStore::new(&path));
+    let clock = clock();
+    let _manager = builder(&clock, &store).build().unwrap();
+    assert_eq!(store.wait_calls(2).await, ["load failed", "clear"]);
+    assert!(!path.exists(), "the unusable file was left");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_stored_file_that_is_not_utf8_is_removed_at_load() {
+    removed_at_load("not-utf8", &[b'e', b'y', 0xff, 0xfe]).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_stored_file_over_64_kib_is_removed_at_load() {
+    removed_at_load("oversized", &vec![b'a'; 64 * 1024 + 1]).await;
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "current_thread")]
+async fn a_fifo_at_the_token_path_is_removed_and_the_manager_fetches() {
+    let dir = scratch("fifo");
+    let path = dir.join("token.jwt");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .is_ok_and(|status| status.success());
+    if !made {
+        eprintln!("skipped: no mkfifo here");
+        return;
+    }
+    let store = Observed::new(FileTokenStore::new(&path));
+    let clock = clock();
+    let (fetcher, mut calls) = scripted();
+    let _manager = builder(&clock, &store).fetcher(fetcher).build().unwrap();
+    // No time passes: the FIFO is refused at once, not waited out.
+    assert_eq!(calls.next().await.request.reason(), FetchReason::Initial);
+    assert_eq!(store.wait_calls(2).await, ["load failed", "clear"]);
+    assert!(!path.exists(), "the FIFO was left at the token path");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_save_that_blocks_is_left_behind_and_tokens_keep_coming() {
+    let store = Arc::new(SlowSaves::default());
+    let clock = clock();
+    let manager = saving(&clock, &store).await;
+    clock.advance(secs(5));
+    until(|| manager.stats().store_timeouts == 1).await;
+
+    let (second, third) = (mint("alice", T0 + 5, 3600), mint("alice", T0 + 6, 3600));
+    manager.update_token(&second).await.unwrap();
+    manager.update_token(&third).await.unwrap();
+    assert_eq!(manager.token().unwrap().as_str(), third);
+    let saves_while_blocked = store
+        .saves_started
+        .load(std::sync::atomic::Ordering::SeqCst);
+    store.gate.open();
+    assert_eq!(saves_while_blocked, 1, "a save overlapped the blocked one");
+    // Once the blocked save returns, the latest token is saved (the one between is skipped).
+    store.until_saving(2).await;
+    until(|| store.held().as_deref() == Some(third.as_str())).await;
+    assert_eq!(manager.stats().store_timeouts, 1);
+}
