@@ -356,7 +356,16 @@ impl World {
             Op::SignOut => {
                 self.note("sign_out()".into());
                 let done = self.manager().sign_out();
-                self.spawn(Pending::SignOut, async move { Answer::Cleared(done.await) });
+                let store = self.store.clone();
+                let installs_before = self.installs.len();
+                self.spawn(Pending::SignOut, async move {
+                    let result = done.await;
+                    Answer::Cleared {
+                        result,
+                        writes: store.map_or(0, |s| s.writes_len()),
+                        installs_before,
+                    }
+                });
                 self.current = None;
                 self.halted = true;
                 self.strike = 0;

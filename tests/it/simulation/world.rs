@@ -8,6 +8,7 @@ use super::model::{
 };
 use super::ops::{ALL_OPS, HEALTHY_OPS};
 use super::rng::{Rng, SharedRng};
+use super::store::{SimStore, StoreKind};
 use super::tokens::{Minter, Spec};
 use crate::common::{secs, ACCOUNT, T0};
 use access_manager::clock::{Clock, ManualClock};
@@ -31,6 +32,8 @@ pub struct Profile {
     pub refresh_jitter: Duration,
     pub event_capacity: usize,
     pub initial: bool,
+    /// Only with an initial token: nothing is loaded, so the first fetch waits for no store.
+    pub store: Option<StoreKind>,
 }
 
 impl Profile {
@@ -87,6 +90,7 @@ impl Profile {
             },
             event_capacity: 256,
             initial: rng.chance(50),
+            store: None,
         }
     }
 }
@@ -106,6 +110,9 @@ pub struct World {
     pub lag_cursor: usize,
     pub inbox: Vec<Event>,
     pub fetch: Option<Arc<FetchLog>>,
+    pub store: Option<Arc<SimStore>>,
+    /// Per `sign_out()` answered `Ok`: the store's changes then, and the installs before the call.
+    pub cleared_marks: Vec<(usize, usize)>,
     pub fetch_cursor: usize,
     pub consumers: Vec<Entry>,
     pub minter: Arc<Minter>,
@@ -142,6 +149,7 @@ pub async fn run(seed: u64, steps: usize, capture: Capture, verbose: bool) -> Ou
     let mut world = World::new(seed, steps, capture, verbose);
     let result = world.play().await;
     world.tally.healthy = u64::from(world.profile.healthy);
+    world.tally.stores = u64::from(world.store.is_some());
     world.tally.installs = world.installs.len() as u64;
     Outcome {
         tally: world.tally,
@@ -166,7 +174,12 @@ pub async fn run(seed: u64, steps: usize, capture: Capture, verbose: bool) -> Ou
 impl World {
     fn new(seed: u64, steps: usize, capture: Capture, verbose: bool) -> World {
         let mut rng = Rng::new(seed);
-        let profile = Profile::draw(&mut rng);
+        let mut profile = Profile::draw(&mut rng);
+        // The store draws from a generator of its own: the history's draws stay as they were.
+        let mut store_rng = Rng::new(seed ^ 0x5703_E5A1_0000_0001);
+        if profile.initial {
+            profile.store = SimStore::draw_kind(&mut store_rng);
+        }
         let plugin_rng = rng.fork();
         let clock =
             ManualClock::new(UNIX_EPOCH + secs(T0) + Duration::from_millis(rng.below(1000)));
@@ -181,6 +194,12 @@ impl World {
             .jitter_seed(rng.next_u64())
             .refresh_jitter(profile.refresh_jitter)
             .event_capacity(profile.event_capacity);
+        let store = profile
+            .store
+            .map(|kind| SimStore::new(kind, clock.clone(), store_rng));
+        if let Some(store) = &store {
+            builder = builder.store(store.clone());
+        }
         let fetch = profile.backend.map(|backend| {
             let log = Arc::new(FetchLog::default());
             *log.identity.lock().unwrap() = "alice".into();
@@ -229,6 +248,8 @@ impl World {
             lag_cursor: 0,
             inbox: Vec::new(),
             fetch,
+            store,
+            cleared_marks: Vec::new(),
             fetch_cursor: 0,
             consumers: Vec::new(),
             minter,
@@ -358,6 +379,11 @@ impl World {
     /// manager.
     async fn finish(&mut self) -> Result<(), String> {
         self.begin_step();
+        // Calls hanging in the store return (the runtime waits for its pool threads at its end);
+        // a stop would otherwise wait out their deadlines.
+        if let Some(store) = &self.store {
+            store.open_all();
+        }
         if self.rng.chance(70) {
             self.note("shutdown()".into());
             self.shutdown_issued = true;
