@@ -206,10 +206,16 @@ impl FileTokenStore {
     /// A store in the file at `path`. Nothing is touched until the first call.
     ///
     /// ```
-    /// use access_manager::store::FileTokenStore;
+    /// use access_manager::store::{FileTokenStore, TokenStore};
     ///
-    /// let store = FileTokenStore::new(std::env::temp_dir().join("my-app-token.jwt"));
-    /// assert!(store.path().ends_with("my-app-token.jwt"));
+    /// let dir = std::env::temp_dir().join(format!("access-manager-doc-new-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let store = FileTokenStore::new(dir.join("token.jwt"));
+    /// assert!(!dir.join("token.jwt").exists()); // nothing written yet
+    /// store.save("eyJhbGciOi...")?;
+    /// assert_eq!(std::fs::read_to_string(dir.join("token.jwt"))?, "eyJhbGciOi...");
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn new(path: impl Into<PathBuf>) -> Self {
         FileTokenStore { path: path.into() }

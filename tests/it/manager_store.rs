@@ -347,6 +347,8 @@ struct SlowSaves {
     gate: Gate,
     saves_started: std::sync::atomic::AtomicUsize,
     clear_fails: std::sync::atomic::AtomicBool,
+    /// Told whenever a save starts or a call changes what the store holds.
+    changed: Notify,
 }
 
 impl SlowSaves {
@@ -354,8 +356,22 @@ impl SlowSaves {
         self.token.lock().unwrap().clone()
     }
 
+    /// Waits until `done` holds; the store's calls run on the blocking pool.
+    async fn wait_for(&self, done: impl Fn(&Self) -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if done(self) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     async fn until_saving(&self, n: usize) {
-        until(|| self.saves_started.load(std::sync::atomic::Ordering::SeqCst) >= n).await;
+        self.wait_for(|s| s.saves_started.load(std::sync::atomic::Ordering::SeqCst) >= n)
+            .await;
     }
 }
 
@@ -366,8 +382,10 @@ impl TokenStore for SlowSaves {
     fn save(&self, jwt: &str) -> io::Result<()> {
         self.saves_started
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.changed.notify_waiters();
         self.gate.wait();
         *self.token.lock().unwrap() = Some(jwt.to_owned());
+        self.changed.notify_waiters();
         Ok(())
     }
     fn clear(&self) -> io::Result<()> {
@@ -609,6 +627,8 @@ async fn a_save_that_blocks_is_left_behind_and_tokens_keep_coming() {
     assert_eq!(saves_while_blocked, 1, "a save overlapped the blocked one");
     // Once the blocked save returns, the latest token is saved (the one between is skipped).
     store.until_saving(2).await;
-    until(|| store.held().as_deref() == Some(third.as_str())).await;
+    store
+        .wait_for(|s| s.held().as_deref() == Some(third.as_str()))
+        .await;
     assert_eq!(manager.stats().store_timeouts, 1);
 }

@@ -171,6 +171,16 @@ pub async fn run(seed: u64, steps: usize, capture: Capture, verbose: bool) -> Ou
     }
 }
 
+/// However a history ends (a violation, a panic), calls hanging in its store return: the runtime
+/// waits for its pool threads when it is dropped.
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(store) = &self.store {
+            store.open_all();
+        }
+    }
+}
+
 impl World {
     fn new(seed: u64, steps: usize, capture: Capture, verbose: bool) -> World {
         let mut rng = Rng::new(seed);
