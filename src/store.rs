@@ -17,8 +17,11 @@
 //! The calls are synchronous and meant to be quick (one small file). The manager runs them on
 //! tokio's blocking pool, one after another, each with a deadline of [`STORE_TIMEOUT`] on its
 //! clock: past it the manager goes on without the store and ignores the late answer, so a store
-//! that blocks never stops fetching. A store on something slow (a keychain behind a prompt, the
-//! network) should answer from memory and write behind.
+//! that blocks never stops fetching. `sign_out()` returns once the store's clear has run, after
+//! any save in flight; `shutdown()` returns once the call in flight has returned (or passed its
+//! deadline), and a clear still queued runs even then, so no save lands after either. A store on
+//! something slow (a keychain behind a prompt, the network) should answer from memory and write
+//! behind.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
