@@ -64,10 +64,18 @@ impl World {
 
     /// A call waits for the manager's store, which runs on threads of its own: the store's answer
     /// is on its way unless a store call waits for the clock (or a consumer holds the call up).
-    fn store_answer_due(&self) -> bool {
+    fn store_answer_due(&mut self) -> bool {
         let Some(store) = &self.store else {
             return false;
         };
+        // A clear the manager started (or will start once the call before it returns) begins on
+        // a pool thread a moment later: the clock must not move before it has.
+        let entered = store.entered();
+        let closed = self.closed;
+        self.clears_due.retain(|&due| entered < due && !closed);
+        if !self.clears_due.is_empty() && !store.waiting() {
+            return true;
+        }
         let delivering = self
             .consumers
             .iter()

@@ -358,6 +358,10 @@ impl World {
                 let done = self.manager().sign_out();
                 let store = self.store.clone();
                 let installs_before = self.installs.len();
+                if let Some(store) = &store {
+                    // The clear begins after the call running now, if any: the next one.
+                    self.clears_due.push(store.entered() + 1);
+                }
                 self.spawn(Pending::SignOut, async move {
                     let result = done.await;
                     Answer::Cleared {

@@ -86,6 +86,11 @@ impl SimStore {
         self.state.lock().unwrap().writes.len()
     }
 
+    /// Calls that have begun.
+    pub fn entered(&self) -> u64 {
+        self.state.lock().unwrap().entered
+    }
+
     /// Calls entered plus calls returned: grows whenever the store does anything.
     pub fn activity(&self) -> u64 {
         let state = self.state.lock().unwrap();

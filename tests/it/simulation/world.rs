@@ -113,6 +113,9 @@ pub struct World {
     pub store: Option<Arc<SimStore>>,
     /// Per `sign_out()` answered `Ok`: the store's changes then, and the installs before the call.
     pub cleared_marks: Vec<(usize, usize)>,
+    /// Per `sign_out()` whose clear has not begun: the store's count of calls begun once it has
+    /// (the manager starts it on a pool thread, a moment after the command).
+    pub clears_due: Vec<u64>,
     pub fetch_cursor: usize,
     pub consumers: Vec<Entry>,
     pub minter: Arc<Minter>,
@@ -260,6 +263,7 @@ impl World {
             fetch,
             store,
             cleared_marks: Vec::new(),
+            clears_due: Vec::new(),
             fetch_cursor: 0,
             consumers: Vec::new(),
             minter,
