@@ -422,7 +422,9 @@ impl World {
                     break;
                 }
                 let holders = self.pending.values().filter(|p| p.holds_handle()).count();
-                if holders == 0 {
+                // A manager with a store waits for its call in flight (up to the store's
+                // deadline) before it closes.
+                if holders == 0 && self.store.is_none() {
                     return Err("the last handle is gone but the manager did not stop".into());
                 }
                 // Calls still running hold handles: let their fetches time out.
