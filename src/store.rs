@@ -14,8 +14,14 @@
 //! `0600` on unix and replaces it atomically, so a reader (or a crash) sees the old token or the new
 //! one, never a mix.
 //!
-//! The calls are synchronous and meant to be quick (one small file). A store on something slow
-//! (a keychain behind a prompt, the network) should answer from memory and write behind.
+//! The calls are synchronous and meant to be quick (one small file). The manager runs them on
+//! tokio's blocking pool, one after another, each with a deadline of [`STORE_TIMEOUT`] on its
+//! clock: past it the manager goes on without the store and ignores the late answer, so a store
+//! that blocks never stops fetching. `sign_out()` returns once the store's clear has run, after
+//! any save in flight; `shutdown()` returns once the call in flight has returned (or passed its
+//! deadline), and a clear still queued runs even then, so no save lands after either. A store on
+//! something slow (a keychain behind a prompt, the network) should answer from memory and write
+//! behind.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -23,6 +29,14 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the manager waits for one store call, on elapsed time (its
+/// [`Clock::sleep`](crate::clock::Clock::sleep)): 5 s. Past it the manager goes on without the
+/// store (a warning, a count in [`Stats::store_timeouts`](crate::Stats::store_timeouts)) and
+/// ignores the late answer; the next call still waits for the late one to return, so calls never
+/// overlap and a clear always lands after the save before it.
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The largest token file [`FileTokenStore`] loads or saves: 64 KiB. A token is at most
 /// [`MAX_TOKEN_LEN`](crate::MAX_TOKEN_LEN) (16 KiB); a larger file holds none.
@@ -31,8 +45,10 @@ pub const MAX_FILE_LEN: usize = 64 * 1024;
 /// Keeps the current token across restarts.
 ///
 /// The manager calls [`load`](Self::load) once at build, [`save`](Self::save) for each token that
-/// becomes current and [`clear`](Self::clear) on sign-out, one call at a time. An error is reported
-/// as a warning and never stops the manager, so an implementation should fail rather than guess.
+/// becomes current and [`clear`](Self::clear) on sign-out, one call at a time and in order: a
+/// clear runs after the save before it has returned. An error is reported as a warning and never
+/// stops the manager, so an implementation should fail rather than guess; a load answering
+/// [`io::ErrorKind::InvalidData`] says no usable token is stored, and the manager clears it.
 ///
 /// Implementations must not put the token text in errors, `Debug` output or logs.
 ///
@@ -77,9 +93,15 @@ pub trait TokenStore: Send + Sync + 'static {
     ///
     /// ```
     /// # use access_manager::store::{FileTokenStore, TokenStore};
-    /// let name = format!("access-manager-doc-load-{}.jwt", std::process::id());
-    /// let store = FileTokenStore::new(std::env::temp_dir().join(name));
+    /// # let dir = std::env::temp_dir().join(format!("access-manager-doc-load-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let store = FileTokenStore::new(dir.join("token.jwt"));
     /// assert_eq!(store.load()?, None); // no file yet
+    /// std::fs::write(dir.join("token.jwt"), "eyJhbGciOi...\n")?;
+    /// assert_eq!(store.load()?.as_deref(), Some("eyJhbGciOi...")); // trimmed
+    /// std::fs::write(dir.join("token.jwt"), [0xff, 0xfe])?;
+    /// assert_eq!(store.load().unwrap_err().kind(), std::io::ErrorKind::InvalidData);
+    /// # std::fs::remove_dir_all(&dir)?;
     /// # Ok::<(), std::io::Error>(())
     /// ```
     fn load(&self) -> io::Result<Option<String>>;
@@ -148,14 +170,18 @@ impl<T: TokenStore + ?Sized> TokenStore for Box<T> {
 /// A [`TokenStore`] in one file that holds the token's text.
 ///
 /// - [`load`](TokenStore::load): a missing file, or one holding only whitespace, is `None`; the text
-///   is trimmed. A file over [`MAX_FILE_LEN`] or not UTF-8 is refused with
-///   [`io::ErrorKind::InvalidData`] (the manager then clears it).
+///   is trimmed. The file is opened without blocking (`O_NONBLOCK` on unix), so a FIFO at the
+///   path never holds the call up. Anything but a regular file, a file over [`MAX_FILE_LEN`] or
+///   one not UTF-8 is refused with [`io::ErrorKind::InvalidData`] (the manager then clears it).
 /// - [`save`](TokenStore::save): writes a temporary file beside the target (same directory, named
-///   `.<name>.<pid>.<n>.tmp`), created with mode `0600` on unix, syncs it to disk and renames it
-///   over the target, then syncs the directory (best effort). Readers and crashes see the old
-///   token or the new one, whole; a failed save removes its temporary file and leaves the old
-///   token in place. The new file has mode `0600` even when the old one was readable by others.
+///   `.<name>.<pid>.<random>.tmp`, the random part drawn anew for each save so that nobody can
+///   take the name first), created with mode `0600` on unix, syncs it to disk and renames it over
+///   the target, then syncs the directory (best effort). Readers and crashes see the old token or
+///   the new one, whole; a failed save removes its temporary file and leaves the old token in
+///   place. The new file has mode `0600` even when the old one was readable by others.
 /// - [`clear`](TokenStore::clear): removes the file; a missing file is fine.
+/// - Both `save` and `clear` remove the temporary files that crashed saves of other processes left
+///   beside the target (they hold whole tokens); this process's own, saves still running, stay.
 ///
 /// The directory must exist and should be the user's own (e.g. an app data directory): its
 /// permissions decide who may replace or delete the file. `Debug` shows the path only.
@@ -183,10 +209,16 @@ impl FileTokenStore {
     /// A store in the file at `path`. Nothing is touched until the first call.
     ///
     /// ```
-    /// use access_manager::store::FileTokenStore;
+    /// use access_manager::store::{FileTokenStore, TokenStore};
     ///
-    /// let store = FileTokenStore::new(std::env::temp_dir().join("my-app-token.jwt"));
-    /// assert!(store.path().ends_with("my-app-token.jwt"));
+    /// let dir = std::env::temp_dir().join(format!("access-manager-doc-new-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let store = FileTokenStore::new(dir.join("token.jwt"));
+    /// assert!(!dir.join("token.jwt").exists()); // nothing written yet
+    /// store.save("eyJhbGciOi...")?;
+    /// assert_eq!(std::fs::read_to_string(dir.join("token.jwt"))?, "eyJhbGciOi...");
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn new(path: impl Into<PathBuf>) -> Self {
         FileTokenStore { path: path.into() }
@@ -219,19 +251,18 @@ impl FileTokenStore {
         Ok((dir, name))
     }
 
-    /// Creates a new temporary file beside the target, readable by the owner only.
+    /// Creates a new temporary file beside the target, readable by the owner only, under a name
+    /// nobody can guess ahead (so nobody can take it first).
     fn create_temp(&self) -> io::Result<(PathBuf, File)> {
-        // One counter for the whole process: two stores on the same path must not share a name.
-        static NEXT: AtomicU64 = AtomicU64::new(0);
         let (dir, name) = self.dir_and_name()?;
         let mut attempts = 0;
         loop {
             let mut temp_name = std::ffi::OsString::from(".");
             temp_name.push(name);
             temp_name.push(format!(
-                ".{}.{}.tmp",
+                ".{}.{:016x}.tmp",
                 std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
+                unpredictable()
             ));
             let temp = dir.join(temp_name);
             let mut options = OpenOptions::new();
@@ -244,11 +275,49 @@ impl FileTokenStore {
             }
             match options.open(&temp) {
                 Ok(file) => return Ok((temp, file)),
-                // A leftover of a crashed process that had our pid: take the next number.
+                // Taken (by chance, or by someone who guessed): draw another name.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 16 => {
                     attempts += 1;
                 }
                 Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Removes the temporary files that saves of earlier processes left behind when they crashed
+    /// (they hold whole tokens). Those of this process are saves still running, and are kept.
+    /// Best effort: what cannot be listed or removed stays.
+    fn remove_leftovers(&self) {
+        let Ok((dir, name)) = self.dir_and_name() else {
+            return;
+        };
+        let (Some(name), Ok(entries)) = (name.to_str(), fs::read_dir(dir)) else {
+            return;
+        };
+        let prefix = format!(".{name}.");
+        let ours = std::process::id().to_string();
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(middle) = file_name
+                .to_str()
+                .and_then(|f| f.strip_prefix(&prefix))
+                .and_then(|f| f.strip_suffix(".tmp"))
+            else {
+                continue;
+            };
+            // `<pid>.<random>`, as `create_temp` names them.
+            let leftover = match middle.split_once('.') {
+                Some((pid, random)) => {
+                    !pid.is_empty()
+                        && pid.bytes().all(|b| b.is_ascii_digit())
+                        && pid != ours
+                        && !random.is_empty()
+                        && !random.contains('.')
+                }
+                None => false,
+            };
+            if leftover {
+                let _ = fs::remove_file(entry.path());
             }
         }
     }
@@ -267,11 +336,26 @@ impl FileTokenStore {
 
 impl TokenStore for FileTokenStore {
     fn load(&self) -> io::Result<Option<String>> {
-        let file = match File::open(&self.path) {
+        let mut options = OpenOptions::new();
+        options.read(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Opening a FIFO to read waits for a writer: without blocking, it opens at once and is
+            // refused below.
+            options.custom_flags(libc::O_NONBLOCK);
+        }
+        let file = match options.open(&self.path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the token path is not a regular file",
+            ));
+        }
         let mut bytes = Vec::new();
         file.take(MAX_FILE_LEN as u64 + 1).read_to_end(&mut bytes)?;
         if bytes.len() > MAX_FILE_LEN {
@@ -300,11 +384,13 @@ impl TokenStore for FileTokenStore {
             let _ = fs::remove_file(&temp);
             return Err(e);
         }
+        self.remove_leftovers();
         self.sync_dir();
         Ok(())
     }
 
     fn clear(&self) -> io::Result<()> {
+        self.remove_leftovers();
         match fs::remove_file(&self.path) {
             Ok(()) => {
                 self.sync_dir();
@@ -314,6 +400,16 @@ impl TokenStore for FileTokenStore {
             Err(e) => Err(e),
         }
     }
+}
+
+/// 64 bits nobody outside the process can predict: std's `RandomState` is keyed from the OS's
+/// random source, and each instance hashes differently.
+fn unpredictable() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+    hasher.finish()
 }
 
 /// Writes `jwt` to the temporary file, syncs it and renames it over `target`.
@@ -355,6 +451,33 @@ mod tests {
             (dir, name),
             (Path::new("/var/lib/app"), std::ffi::OsStr::new("token.jwt"))
         );
+    }
+
+    #[test]
+    fn temporary_names_carry_a_random_part_drawn_anew_each_time() {
+        let dir =
+            std::env::temp_dir().join(format!("access-manager-unit-temp-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let store = FileTokenStore::new(dir.join("token.jwt"));
+        let prefix = format!(".token.jwt.{}.", std::process::id());
+        let random = |_| {
+            let (temp, _) = store.create_temp().unwrap();
+            let name = temp.file_name().unwrap().to_str().unwrap().to_owned();
+            let random = name
+                .strip_prefix(&prefix)
+                .unwrap()
+                .strip_suffix(".tmp")
+                .unwrap();
+            assert_eq!(random.len(), 16, "{name}");
+            u64::from_str_radix(random, 16).unwrap()
+        };
+        let drawn: Vec<u64> = (0..4).map(random).collect();
+        fs::remove_dir_all(&dir).unwrap();
+        // A counter would make neighbours; drawn parts are far apart.
+        for pair in drawn.windows(2) {
+            assert!(pair[0].abs_diff(pair[1]) > 1 << 20, "{drawn:x?}");
+        }
     }
 
     #[test]

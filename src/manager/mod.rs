@@ -113,6 +113,7 @@ use shared::{shift, Command, Registration, Shared};
 use stats::Stats;
 use std::fmt;
 use std::future::Future;
+use std::io;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
@@ -732,8 +733,15 @@ impl AccessManager {
     /// how an app switches users without rebuilding its SDK wiring.
     ///
     /// The sign-out is sent when this is called; the future resolves once every consumer's
-    /// `signed_out` has run (or timed out). Called from inside one of this manager's consumers, it
-    /// resolves at once (waiting would wait for the caller). After shutdown it does nothing.
+    /// `signed_out` has run (or timed out) and the store's clear has run, after any save in
+    /// flight: once it returns the store holds no token, and no save lands afterwards, so an app
+    /// may exit at once. Called from inside one of this manager's consumers, it waits for the
+    /// store only (waiting for consumers would wait for the caller).
+    ///
+    /// # Errors
+    /// The store could not be cleared: its error, `TimedOut` past
+    /// [`STORE_TIMEOUT`](crate::store::STORE_TIMEOUT), or `NotConnected` after shutdown (nothing
+    /// was done). The sign-out in memory happened anyway.
     ///
     /// ```
     /// use access_manager::{AccessManager, AccessToken};
@@ -747,20 +755,34 @@ impl AccessManager {
     ///         .unwrap()
     /// };
     /// let manager = AccessManager::builder().initial_token(token("alice")).build().unwrap();
-    /// manager.sign_out().await; // alice's consumers drop their sessions
+    /// manager.sign_out().await.unwrap(); // alice's consumers drop their sessions
     /// assert!(manager.token().is_none());
     /// manager.update_token(token("bob")).await.unwrap(); // same wiring, another user
     /// assert_eq!(manager.identity().as_deref(), Some("bob"));
     /// # }
     /// ```
-    pub fn sign_out(&self) -> impl Future<Output = ()> + Send + 'static {
+    pub fn sign_out(&self) -> impl Future<Output = io::Result<()>> + Send + 'static {
         let (reply, done) = oneshot::channel();
-        let sent = self.shared().send(Command::SignOut { reply });
-        let wait = sent && !self.called_from(Role::Consumer);
+        let (cleared, store_cleared) = oneshot::channel();
+        let sent = self.shared().send(Command::SignOut { reply, cleared });
+        // A consumer waiting for the consumers' `signed_out` would wait for itself; the store's
+        // clear waits for no consumer.
+        let wait_consumers = !self.called_from(Role::Consumer);
         async move {
-            if wait {
+            if !sent {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "the manager is closed",
+                ));
+            }
+            if wait_consumers {
                 let _ = done.await;
             }
+            store_cleared.await.unwrap_or_else(|_| {
+                Err(io::Error::other(
+                    "the manager stopped before the store was cleared",
+                ))
+            })
         }
     }
 

@@ -49,6 +49,8 @@ pub(super) enum Command {
     },
     SignOut {
         reply: oneshot::Sender<()>,
+        /// Answered once the store is cleared.
+        cleared: oneshot::Sender<std::io::Result<()>>,
     },
     Resume,
     Shutdown,

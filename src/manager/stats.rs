@@ -49,6 +49,9 @@ pub struct Stats {
     pub service_rejections: u64,
     /// Token store reads, writes or removals that failed.
     pub store_failures: u64,
+    /// Token store calls that did not answer within
+    /// [`STORE_TIMEOUT`](crate::store::STORE_TIMEOUT): the manager went on without them.
+    pub store_timeouts: u64,
     /// How long the last finished fetch took, on the manager's wall clock.
     pub last_fetch_duration: Option<Duration>,
     /// When the next automatic fetch is planned, if one is.
@@ -66,6 +69,7 @@ pub(super) struct Counters {
     pub(super) consumer_failures: AtomicU64,
     pub(super) service_rejections: AtomicU64,
     pub(super) store_failures: AtomicU64,
+    pub(super) store_timeouts: AtomicU64,
     /// Nanoseconds, plus one; 0 for none.
     last_fetch_duration: AtomicU64,
     /// Nanoseconds since the unix epoch, plus one; 0 for none.
@@ -108,6 +112,7 @@ impl Counters {
             consumer_failures: get(&self.consumer_failures),
             service_rejections: get(&self.service_rejections),
             store_failures: get(&self.store_failures),
+            store_timeouts: get(&self.store_timeouts),
             last_fetch_duration: decode(get(&self.last_fetch_duration)),
             next_fetch_at: decode(get(&self.next_fetch_at)).map(|d| UNIX_EPOCH + d),
         }

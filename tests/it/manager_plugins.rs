@@ -294,7 +294,7 @@ async fn a_consumer_may_sign_out_from_inside_update_token() {
             "leaver"
         }
         async fn update_token(&self, _: &AccessToken) -> Result<(), ConsumerError> {
-            upgrade(&self.0).sign_out().await;
+            upgrade(&self.0).sign_out().await.unwrap();
             Ok(())
         }
         async fn signed_out(&self) {

@@ -356,7 +356,7 @@ async fn sign_out_forgets_the_token_tells_every_consumer_and_then_takes_another_
     chat.wait_calls(1).await;
     voice.wait_calls(1).await;
 
-    manager.sign_out().await;
+    manager.sign_out().await.unwrap();
     assert!(manager.token().is_none());
     assert_eq!((chat.signed_outs(), voice.signed_outs()), (1, 1));
     assert_eq!(kinds(&drain(&mut events).await), ["signed_out"]);
@@ -392,7 +392,7 @@ async fn sign_out_cancels_the_fetch_in_flight_and_its_callers_get_signed_out() {
         .unwrap();
     let refresh = spawn_refresh(&manager);
     let fetch = calls.next().await;
-    manager.sign_out().await;
+    manager.sign_out().await.unwrap();
     assert!(matches!(
         refresh.await.unwrap(),
         Err(RefreshError::SignedOut)
@@ -416,7 +416,7 @@ async fn a_consumer_busy_at_sign_out_is_told_once_its_call_ends() {
     assert!(!sign_out.is_finished());
     assert!(manager.token().is_none(), "the token is forgotten at once");
     chat.release();
-    sign_out.await.unwrap();
+    sign_out.await.unwrap().unwrap();
     assert_eq!(chat.signed_outs(), 1);
     assert_eq!(kinds(&drain(&mut events).await), ["signed_out"]);
 }

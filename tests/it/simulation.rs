@@ -19,13 +19,18 @@
 //! identity's or account's, garbage, an expired or not yet valid one, the token held or an older
 //! one, transient (with or without `Retry-After`) or permanent errors, a hang, a panic inside or
 //! before its future, each possibly after a wait on the manager's clock; the consumers' modes are
-//! in `consumer.rs`. The last step stops the manager: `shutdown()` or the app dropping its last
-//! handle. A healthy history's backend answers every fetch with a good token within the fetch
+//! in `consumer.rs`. A history with an initial token may have a token store (`store.rs`, drawn from
+//! a generator of its own so that the other draws stay as they were): fast, failing at random,
+//! slow on the clock (some calls past the manager's store deadline), or blocking from some call on
+//! until the history ends. The last step stops the manager: `shutdown()` or the app dropping its
+//! last handle. A healthy history's backend answers every fetch with a good token within the fetch
 //! timeout, and its clock only passes (deadline by deadline), or jumps back, or forward short of
 //! the refresh window; nothing in it stops fetching (no sign-out, no invalid-class refusal).
 //!
 //! Each history runs on a fresh current-thread tokio runtime, so that scheduling is the same on
-//! every run: no threads, no token store (its blocking pool is not deterministic), no real time.
+//! every run: no real time, and no threads but the blocking pool's, which runs the store's calls:
+//! a quiet system waits for each store call that can return to have returned and been taken (a
+//! history with a store replays the same as long as the pool starts its calls within a quiet).
 //! After each step the simulation lets every ready task run until nothing moves for a while (a
 //! system still busy at a standing clock is itself a failure: a livelock, which the fetcher breaks
 //! after 200 calls in one quiet, since a loop inside the manager's task would never yield), then
@@ -58,6 +63,10 @@
 //!    the healthy guarantee (5) holds with it (no manager starved). A fetch may wait for a slot
 //!    past the step that started it, and a planned refresh may start up to the limiter's longest
 //!    fetch estimate before `refresh_ahead` (`checks.rs`).
+//! 9. After `sign_out()` returns `Ok`, the store never holds a token again until a new one is
+//!    installed, whatever its calls in flight; only a store that fails or blocks, or a stop, makes
+//!    it answer `Err`; a blocking store stops no fetch (the checks above hold with it)
+//!    (`checks.rs`).
 //!
 //! Calls are checked against the contract too: `update_token`'s answer against the model's
 //! judgement of the token, `report_service_error`'s against the service rules, `fresh_token`'s
@@ -88,6 +97,7 @@ mod ops;
 mod rng;
 mod skew;
 mod stop;
+mod store;
 mod timeline;
 mod tokens;
 mod world;

@@ -409,3 +409,66 @@ fn file_token_store_is_send_sync_clone_and_static() {
     fn assert_traits<T: Send + Sync + Clone + std::fmt::Debug + 'static>() {}
     assert_traits::<FileTokenStore>();
 }
+
+// ---------------------------------------------------------------------------------------------
+// What is not a token file, and what a crash left behind.
+
+/// Makes a FIFO at `path` with the system's `mkfifo`; `false` where there is none.
+#[cfg(unix)]
+fn mkfifo(path: &Path) -> bool {
+    std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_at_the_path_is_refused_at_once_as_invalid_data_and_cleared() {
+    let dir = TempDir::new("fifo");
+    let path = dir.join("token.jwt");
+    if !mkfifo(&path) {
+        eprintln!("skipped: no mkfifo here");
+        return;
+    }
+    let store = FileTokenStore::new(&path);
+    // Opening a FIFO to read waits for a writer that never comes: it is opened without blocking.
+    let err = store.load().unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    store.clear().unwrap();
+    assert!(dir.names().is_empty(), "{:?}", dir.names());
+}
+
+#[test]
+fn a_directory_at_the_path_is_refused_as_invalid_data() {
+    let dir = TempDir::new("dir-at-path");
+    let path = dir.join("token.jwt");
+    fs::create_dir(&path).unwrap();
+    let err = FileTokenStore::new(&path).load().unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+}
+
+#[test]
+fn temporary_files_a_crash_left_behind_are_removed_by_save_and_by_clear() {
+    let dir = TempDir::new("leftovers");
+    let store = FileTokenStore::new(dir.join("token.jwt"));
+    // Named as the store names them (`.<name>.<pid>.<random>.tmp`), by processes long gone.
+    let leftovers = [".token.jwt.1.0.tmp", ".token.jwt.4242.9f3a.tmp"];
+    // Neither ours nor a leftover: kept.
+    let others = ["other.jwt", ".other.jwt.1.0.tmp", ".token.jwt.1.0.bak"];
+    for name in leftovers.iter().chain(&others) {
+        fs::write(dir.join(name), JWT).unwrap();
+    }
+    store.save(OTHER_JWT).unwrap();
+    let mut expected: Vec<&str> = others.iter().copied().chain(["token.jwt"]).collect();
+    expected.sort();
+    assert_eq!(dir.names(), expected, "save left a leftover");
+
+    for name in leftovers {
+        fs::write(dir.join(name), JWT).unwrap();
+    }
+    store.clear().unwrap();
+    let mut expected: Vec<&str> = others.to_vec();
+    expected.sort();
+    assert_eq!(dir.names(), expected, "clear left a leftover");
+}

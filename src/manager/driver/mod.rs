@@ -110,6 +110,7 @@ pub(super) struct Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         self.stop();
+        self.close();
     }
 }
 
@@ -118,11 +119,16 @@ impl Future for Driver {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let driver = &mut *self;
-        if driver.stopped || driver.step(cx).is_ready() {
-            driver.stop();
-            return Poll::Ready(());
+        if !driver.stopped && driver.step(cx).is_pending() {
+            return Poll::Pending;
         }
-        Poll::Pending
+        driver.stop();
+        // The store's last calls end before the manager closes (behaviour 17).
+        if driver.poll_store_stopped(cx).is_pending() {
+            return Poll::Pending;
+        }
+        driver.close();
+        Poll::Ready(())
     }
 }
 
@@ -136,7 +142,11 @@ impl Driver {
         let now = shared.clock.now();
         let persistence = store.map(|store| {
             // Without an initial token, the stored one (if valid) is taken before any fetch.
-            Box::new(Persistence::new(store, initial.is_none()))
+            Box::new(Persistence::new(
+                store,
+                shared.clock.clone(),
+                initial.is_none(),
+            ))
         });
         let mut driver = Driver {
             persistence,
@@ -167,8 +177,8 @@ impl Driver {
     }
 
     /// Stops: drops the fetcher, the fetch in flight, the consumers' calls and the timers (their
-    /// callers answer `Closed`) and forgets the token, then marks the manager closed, so that
-    /// `shutdown()` returns once all of it is gone.
+    /// callers answer `Closed`), the store's queued save, and forgets the token. The manager
+    /// closes once the store's last calls are done ([`close`](Self::close)).
     fn stop(&mut self) {
         if self.stopped {
             return;
@@ -181,14 +191,24 @@ impl Driver {
             std::mem::replace(&mut self.fetching, Fetching::Idle),
             self.config.fetcher.take(),
             self.timer.take(),
-            self.persistence.take(),
             std::mem::take(&mut self.inbox),
         );
         let _ = drop_caught(owned);
         self.fanout.abandon();
+        if let Some(persistence) = &mut self.persistence {
+            persistence.stop();
+        }
         self.current = None;
         self.shared.current.store(None);
-        self.shared.close();
+    }
+
+    /// Marks the manager closed, so that `shutdown()` returns once all of it is gone. A store call
+    /// still running past its deadline is left to finish on its own (a queued clear after it).
+    fn close(&mut self) {
+        let _ = drop_caught(self.persistence.take());
+        if !self.shared.is_closed() {
+            self.shared.close();
+        }
     }
 
     /// Runs until nothing is ready: commands, then whatever finished; `Ready` to stop.
@@ -290,7 +310,7 @@ impl Driver {
                 let action = self.on_service_refused(code, generation, now);
                 let _ = reply.send(action);
             }
-            Command::SignOut { reply } => self.on_sign_out(reply),
+            Command::SignOut { reply, cleared } => self.on_sign_out(reply, cleared),
             Command::Resume => self.on_resume(now),
             Command::Shutdown => {}
         }

@@ -4,6 +4,7 @@ use super::super::error::RefreshError;
 use super::super::fanout::Refusal;
 use super::super::service::{decide, is_invalid, ServiceAction, Situation};
 use super::super::stats::bump;
+use super::persist::Cleared;
 use super::schedule::{Fetching, Next, MIN_FETCH_SPACING};
 use super::Driver;
 use crate::event::Event;
@@ -85,7 +86,7 @@ impl Driver {
 
     /// Forgets the token and the session: no timer, no fetch, no automatic fetch until
     /// `refresh()` or `update_token()`; each consumer's `signed_out` runs.
-    pub(super) fn on_sign_out(&mut self, reply: oneshot::Sender<()>) {
+    pub(super) fn on_sign_out(&mut self, reply: oneshot::Sender<()>, cleared: Cleared) {
         if let Fetching::InFlight(fetch) = std::mem::replace(&mut self.fetching, Fetching::Halted) {
             (*fetch).cancel(RefreshError::SignedOut);
         }
@@ -94,10 +95,15 @@ impl Driver {
         self.shared.current.store(None);
         self.timer = None;
         self.invalid_strike = 0;
-        if let Some(persistence) = &mut self.persistence {
-            // A stored token still being read belongs to the session signed out of.
-            persistence.loading = false;
-            persistence.clear();
+        match &mut self.persistence {
+            Some(persistence) => {
+                // A stored token still being read belongs to the session signed out of.
+                persistence.loading = false;
+                persistence.clear(Some(cleared));
+            }
+            None => {
+                let _ = cleared.send(Ok(()));
+            }
         }
         self.fanout.sign_out(&self.shared, reply);
     }

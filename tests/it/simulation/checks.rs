@@ -28,12 +28,20 @@ impl World {
         let mut last = self.progress();
         let mut calm = 0;
         for _ in 0..MAX_ROUNDS {
+            if let Some(store) = &self.store {
+                store.settle();
+            }
             for _ in 0..8 {
                 tokio::task::yield_now().await;
                 self.drain_events();
             }
             let now = self.progress();
-            if now == last {
+            if now == last && self.store_answer_due() {
+                // A store call on its way (spawned, or returned and not yet taken): not quiet.
+                if let Some(store) = &self.store {
+                    store.settle();
+                }
+            } else if now == last {
                 calm += 1;
                 if calm == CALM_ROUNDS {
                     return Ok(());
@@ -54,6 +62,31 @@ impl World {
         ))
     }
 
+    /// A call waits for the manager's store, which runs on threads of its own: the store's answer
+    /// is on its way unless a store call waits for the clock (or a consumer holds the call up).
+    fn store_answer_due(&mut self) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
+        // A clear the manager started (or will start once the call before it returns) begins on
+        // a pool thread a moment later: the clock must not move before it has.
+        let entered = store.entered();
+        let closed = self.closed;
+        self.clears_due.retain(|&due| entered < due && !closed);
+        if !self.clears_due.is_empty() && !store.waiting() {
+            return true;
+        }
+        let delivering = self
+            .consumers
+            .iter()
+            .any(|e| e.log.in_call.load(SeqCst) > 0);
+        let answered: Vec<u64> = self.results.lock().unwrap().iter().map(|d| d.id).collect();
+        let waits_for_store = self.pending.iter().any(|(id, p)| {
+            matches!(p, Pending::SignOut | Pending::Shutdown) && !answered.contains(id)
+        });
+        waits_for_store && !delivering && !store.waiting()
+    }
+
     /// A number that grows whenever anything happens.
     fn progress(&mut self) -> u64 {
         self.drain_events();
@@ -63,6 +96,9 @@ impl World {
         }
         for e in &self.consumers {
             p += e.log.activity.load(SeqCst);
+        }
+        if let Some(store) = &self.store {
+            p += store.activity();
         }
         if let Some(m) = &self.manager {
             let s = m.stats();
@@ -118,6 +154,7 @@ impl World {
         self.check_limiter()?;
         self.check_consumers()?;
         self.check_answers()?;
+        self.check_store()?;
         self.check_state(now)?;
         let logged = self.capture.take();
         if let Some(leak) = self.secrets.leak_in(&logged) {
@@ -285,6 +322,7 @@ impl World {
             let shown = match &answer {
                 Answer::Update(r) => format!("{r:?} {}", display(r.as_ref().err())),
                 Answer::Token(r) => format!("{r:?} {}", display(r.as_ref().err())),
+                Answer::Cleared { result, .. } => format!("{result:?}"),
                 Answer::Unit => String::new(),
             };
             if let Some(leak) = self.secrets.leak_in(&shown) {
@@ -316,8 +354,73 @@ impl World {
                     };
                     self.check_refresh_answer(min, at, result)?;
                 }
+                (
+                    Pending::SignOut,
+                    Answer::Cleared {
+                        result,
+                        writes,
+                        installs_before,
+                    },
+                ) => self.check_cleared(result, writes, installs_before)?,
                 (_, Answer::Unit) => {}
                 (pending, _) => panic!("a call's answer does not fit its call {pending:?}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// A `sign_out()` answered `Ok` marks the store: from then on it holds no token but one
+    /// installed after the call. Only a store that fails or blocks, or a stop, may answer `Err`.
+    fn check_cleared(
+        &mut self,
+        result: std::io::Result<()>,
+        writes: usize,
+        installs_before: usize,
+    ) -> Result<(), String> {
+        match result {
+            Ok(()) => {
+                if self.store.is_some() {
+                    self.cleared_marks.push((writes, installs_before));
+                    self.tally.store_clears += 1;
+                }
+                Ok(())
+            }
+            Err(_) if self.closed => Ok(()),
+            Err(_) if self.store.as_ref().is_some_and(|s| s.kind.may_fail()) => Ok(()),
+            // A call the pool began only after the clock passed its deadline (a loaded machine):
+            // the manager rightly went on without it, and a clear behind it hears so.
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => Ok(()),
+            Err(error) => Err(format!(
+                "sign_out() answered {error} with a store that neither fails nor blocks"
+            )),
+        }
+    }
+
+    /// After `sign_out()` returned `Ok`, the store never holds a token again until a new one is
+    /// installed (behaviour 17).
+    fn check_store(&self) -> Result<(), String> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let writes = store.writes();
+        for &(mark, installs_before) in &self.cleared_marks {
+            // What the store held when `sign_out()` returned, and every change since.
+            let held_then = mark.checked_sub(1).map(|i| &writes[i]);
+            let since = held_then.into_iter().chain(&writes[mark..]);
+            for held in since.flatten() {
+                let installed_after = self.installs[installs_before..]
+                    .iter()
+                    .any(|i| i.token.as_str() == held);
+                if !installed_after {
+                    return Err(format!(
+                        "the store holds a token installed before a sign-out that returned Ok \
+                         (install #{})",
+                        self.installs
+                            .iter()
+                            .position(|i| i.token.as_str() == held)
+                            .map_or("?".into(), |i| (i + 1).to_string())
+                    ));
+                }
             }
         }
         Ok(())
@@ -446,7 +549,7 @@ impl World {
                     *predicted != Predicted::Changed || !delivering
                 }
                 Pending::Refresh | Pending::Fresh(_) => !fetching,
-                Pending::SignOut => !delivering,
+                Pending::SignOut => !delivering && !self.store.as_ref().is_some_and(|s| s.busy()),
                 Pending::Shutdown => true,
             };
             if stuck {

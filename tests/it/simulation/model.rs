@@ -55,6 +55,10 @@ pub struct Tally {
     /// Times a healthy history's time passed with more deadlines than the simulation follows one
     /// by one (the healthy guarantee is off until the next token).
     pub passes_cut_short: u64,
+    /// Histories with a token store.
+    pub stores: u64,
+    /// Sign-outs that cleared a store (answered `Ok`).
+    pub store_clears: u64,
 }
 
 impl std::ops::AddAssign for Tally {
@@ -72,6 +76,8 @@ impl std::ops::AddAssign for Tally {
         self.holds_checked += o.holds_checked;
         self.clock_moves += o.clock_moves;
         self.passes_cut_short += o.passes_cut_short;
+        self.stores += o.stores;
+        self.store_clears += o.store_clears;
     }
 }
 
@@ -108,6 +114,13 @@ impl Pending {
 pub enum Answer {
     Update(Result<UpdateReport, UpdateError>),
     Token(Result<AccessToken, RefreshError>),
+    /// `sign_out()`'s: whether the store was cleared; how many changes the store had seen when
+    /// it answered, and how many tokens had been installed when it was called.
+    Cleared {
+        result: std::io::Result<()>,
+        writes: usize,
+        installs_before: usize,
+    },
     Unit,
 }
 

@@ -356,9 +356,19 @@ impl World {
             Op::SignOut => {
                 self.note("sign_out()".into());
                 let done = self.manager().sign_out();
+                let store = self.store.clone();
+                let installs_before = self.installs.len();
+                if let Some(store) = &store {
+                    // The clear begins after the call running now, if any: the next one.
+                    self.clears_due.push(store.entered() + 1);
+                }
                 self.spawn(Pending::SignOut, async move {
-                    done.await;
-                    Answer::Unit
+                    let result = done.await;
+                    Answer::Cleared {
+                        result,
+                        writes: store.map_or(0, |s| s.writes_len()),
+                        installs_before,
+                    }
                 });
                 self.current = None;
                 self.halted = true;

@@ -57,7 +57,9 @@ impl World {
         if manager.report_service_error(51215).await != ServiceAction::Ignore {
             return Err("report_service_error after shutdown did not answer Ignore".into());
         }
-        manager.sign_out().await;
+        if manager.sign_out().await.is_ok() {
+            return Err("sign_out() after shutdown answered Ok: no store was cleared".into());
+        }
         manager.resume();
         let mut late = manager.subscribe();
         if late.recv().await != Some(Event::Closed) || late.recv().await.is_some() {

@@ -8,6 +8,7 @@ use super::model::{
 };
 use super::ops::{ALL_OPS, HEALTHY_OPS};
 use super::rng::{Rng, SharedRng};
+use super::store::{SimStore, StoreKind};
 use super::tokens::{Minter, Spec};
 use crate::common::{secs, ACCOUNT, T0};
 use access_manager::clock::{Clock, ManualClock};
@@ -33,6 +34,8 @@ pub struct Profile {
     pub initial: bool,
     /// A `FetchLimiter` the manager shares: slots, and a rate (fetches per second).
     pub limiter: Option<(usize, Option<u32>)>,
+    /// Only with an initial token: nothing is loaded, so the first fetch waits for no store.
+    pub store: Option<StoreKind>,
 }
 
 impl Profile {
@@ -90,6 +93,7 @@ impl Profile {
             event_capacity: 256,
             initial: rng.chance(50),
             limiter: None,
+            store: None,
         }
     }
 
@@ -121,6 +125,12 @@ pub struct World {
     pub lag_cursor: usize,
     pub inbox: Vec<Event>,
     pub fetch: Option<Arc<FetchLog>>,
+    pub store: Option<Arc<SimStore>>,
+    /// Per `sign_out()` answered `Ok`: the store's changes then, and the installs before the call.
+    pub cleared_marks: Vec<(usize, usize)>,
+    /// Per `sign_out()` whose clear has not begun: the store's count of calls begun once it has
+    /// (the manager starts it on a pool thread, a moment after the command).
+    pub clears_due: Vec<u64>,
     pub fetch_cursor: usize,
     pub limiter: Option<FetchLimiter>,
     /// A fetch waited for a slot of the limiter at the last check.
@@ -162,6 +172,7 @@ pub async fn run(seed: u64, steps: usize, capture: Capture, verbose: bool) -> Ou
     let mut world = World::new(seed, steps, capture, verbose);
     let result = world.play().await;
     world.tally.healthy = u64::from(world.profile.healthy);
+    world.tally.stores = u64::from(world.store.is_some());
     world.tally.installs = world.installs.len() as u64;
     Outcome {
         tally: world.tally,
@@ -183,11 +194,26 @@ pub async fn run(seed: u64, steps: usize, capture: Capture, verbose: bool) -> Ou
     }
 }
 
+/// However a history ends (a violation, a panic), calls hanging in its store return: the runtime
+/// waits for its pool threads when it is dropped.
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(store) = &self.store {
+            store.open_all();
+        }
+    }
+}
+
 impl World {
     fn new(seed: u64, steps: usize, capture: Capture, verbose: bool) -> World {
         let mut rng = Rng::new(seed);
         let mut profile = Profile::draw(&mut rng);
         profile.limiter = Profile::draw_limiter(seed);
+        // The store draws from a generator of its own: the history's draws stay as they were.
+        let mut store_rng = Rng::new(seed ^ 0x5703_E5A1_0000_0001);
+        if profile.initial {
+            profile.store = SimStore::draw_kind(&mut store_rng);
+        }
         let plugin_rng = rng.fork();
         let clock =
             ManualClock::new(UNIX_EPOCH + secs(T0) + Duration::from_millis(rng.below(1000)));
@@ -212,6 +238,12 @@ impl World {
         });
         if let Some(limiter) = &limiter {
             builder = builder.fetch_limiter(limiter);
+        }
+        let store = profile
+            .store
+            .map(|kind| SimStore::new(kind, clock.clone(), store_rng));
+        if let Some(store) = &store {
+            builder = builder.store(store.clone());
         }
         let fetch = profile.backend.map(|backend| {
             let log = Arc::new(FetchLog::default());
@@ -261,6 +293,9 @@ impl World {
             lag_cursor: 0,
             inbox: Vec::new(),
             fetch,
+            store,
+            cleared_marks: Vec::new(),
+            clears_due: Vec::new(),
             fetch_cursor: 0,
             limiter,
             slot_waited: false,
@@ -393,6 +428,11 @@ impl World {
     /// manager.
     async fn finish(&mut self) -> Result<(), String> {
         self.begin_step();
+        // Calls hanging in the store return (the runtime waits for its pool threads at its end);
+        // a stop would otherwise wait out their deadlines.
+        if let Some(store) = &self.store {
+            store.open_all();
+        }
         if self.rng.chance(70) {
             self.note("shutdown()".into());
             self.shutdown_issued = true;
@@ -417,7 +457,9 @@ impl World {
                     break;
                 }
                 let holders = self.pending.values().filter(|p| p.holds_handle()).count();
-                if holders == 0 {
+                // A manager with a store waits for its call in flight (up to the store's
+                // deadline) before it closes.
+                if holders == 0 && self.store.is_none() {
                     return Err("the last handle is gone but the manager did not stop".into());
                 }
                 // Calls still running hold handles: let their fetches time out.
