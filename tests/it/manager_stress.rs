@@ -311,3 +311,108 @@ async fn stress_sixteen_tasks_pushing_at_once_leave_one_of_the_offered_tokens_cu
     assert_eq!(rank.len(), 20 * 16);
     check_in_order("chat", &log.lock().unwrap(), &rank);
 }
+
+/// A consumer that only counts its calls.
+struct Counting(Arc<AtomicU64>);
+
+#[async_trait]
+impl TokenConsumer for Counting {
+    fn name(&self) -> &str {
+        "counting"
+    }
+    async fn update_token(&self, _: &AccessToken) -> Result<(), ConsumerError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+const THREADS: usize = 8;
+const PER_THREAD: usize = 2_000;
+
+#[test]
+fn stress_eight_threads_registering_at_once_can_unregister_every_consumer_they_registered() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let clock = ManualClock::new(at(T0));
+    // No token yet: nothing is delivered until the one pushed at the end.
+    let manager = {
+        let _in = runtime.enter();
+        AccessManager::builder().clock(clock).build().unwrap()
+    };
+    let calls = Arc::new(AtomicU64::new(0));
+    let start = std::sync::Barrier::new(THREADS);
+    let registered = std::sync::Barrier::new(THREADS);
+    let answers: Vec<Vec<bool>> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (manager, calls) = (manager.clone(), calls.clone());
+                let (start, registered) = (&start, &registered);
+                s.spawn(move || {
+                    let consumers: Vec<Arc<Counting>> = (0..PER_THREAD)
+                        .map(|_| Arc::new(Counting(calls.clone())))
+                        .collect();
+                    start.wait();
+                    let ids: Vec<_> = consumers.iter().map(|c| manager.register(c)).collect();
+                    registered.wait();
+                    let answers = ids.into_iter().map(|id| manager.unregister(id)).collect();
+                    // Alive until every thread has unregistered: none is unregistered by a drop.
+                    registered.wait();
+                    drop(consumers);
+                    answers
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let refused = answers.iter().flatten().filter(|ok| !**ok).count();
+    assert_eq!(
+        refused, 0,
+        "unregister answered false for {refused} registered consumers"
+    );
+    assert_eq!(manager.consumer_count(), 0);
+    runtime.block_on(async {
+        let before = calls.load(Ordering::SeqCst);
+        let report = manager.update_token(mint("alice", T0, 3700)).await.unwrap();
+        assert_eq!(
+            report.delivered(),
+            0,
+            "an unregistered consumer got the token"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), before);
+    });
+}
+
+#[test]
+fn registering_a_million_dropped_consumers_finishes_and_none_stays_counted() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let clock = ManualClock::new(at(T0));
+    let manager = {
+        let _in = runtime.enter();
+        manager_holding(&clock, &mint("alice", T0, 3600))
+    };
+    let calls = Arc::new(AtomicU64::new(0));
+    for _ in 0..1_000_000 {
+        manager.register(&Arc::new(Counting(calls.clone())));
+    }
+    runtime.block_on(async {
+        settle().await;
+        let report = manager.update_token(mint("alice", T0, 3700)).await.unwrap();
+        assert_eq!(report.delivered(), 0);
+    });
+    assert_eq!(
+        manager.consumer_count(),
+        0,
+        "dropped consumers still counted"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "a dropped consumer was called"
+    );
+}

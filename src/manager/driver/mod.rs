@@ -438,6 +438,7 @@ impl Driver {
             "token updated"
         );
         let updated = token.clone();
+        self.fanout.announce_sign_out(&self.shared);
         self.shared.emit(|| Event::TokenUpdated { token: updated });
         let current = Deliverable {
             token: &token,
