@@ -13,7 +13,7 @@ use crate::clock::{saturating_add, Sleep};
 use crate::event::Event;
 use crate::fetcher::FetchReason;
 use crate::store::TokenStore;
-use crate::{AccessToken, FetchLimiter, TokenFetcher};
+use crate::{AccessToken, FetchLimiter, TokenFetcher, TokenInfo};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -437,7 +437,7 @@ impl Driver {
             expires_unix = token.exp_secs(),
             "token updated"
         );
-        let updated = token.clone();
+        let updated = TokenInfo::of(&token, self.generation);
         self.fanout.announce_sign_out(&self.shared);
         self.shared.emit(|| Event::TokenUpdated { token: updated });
         let current = Deliverable {
@@ -462,13 +462,13 @@ impl Driver {
         if let Some(c) = &mut self.current {
             if c.phase == Phase::Fresh && now >= c.will_expire_at {
                 c.phase = Phase::WillExpire;
-                let token = c.token.clone();
+                let token = TokenInfo::of(&c.token, c.generation);
                 self.shared.emit(|| Event::TokenWillExpire { token });
             }
             if c.phase == Phase::WillExpire && now >= c.expires_at {
                 c.phase = Phase::Expired;
-                let token = c.token.clone();
-                tracing::warn!(expires_unix = token.exp_secs(), "token expired");
+                tracing::warn!(expires_unix = c.token.exp_secs(), "token expired");
+                let token = TokenInfo::of(&c.token, c.generation);
                 self.shared.emit(|| Event::TokenExpired { token });
             }
         }
