@@ -173,15 +173,12 @@ impl Driver {
         // Dropping these runs user code (a fetch future's or the fetcher's `Drop`): a panic there
         // must not keep the manager from closing, or `shutdown()` would wait forever.
         // The store's queued operations and the unread commands may hold tokens: none is kept.
-        let owned = (
-            self.fetch.take(),
-            self.config.fetcher.take(),
-            self.timer.take(),
-            self.fetch_wait.take(),
-            self.persistence.take(),
-            std::mem::take(&mut self.inbox),
-        );
-        let _ = drop_caught(owned);
+        // One at a time: a second panic while the first unwinds would abort the process.
+        let _ = drop_caught(self.fetch.take());
+        let _ = drop_caught(self.config.fetcher.take());
+        let _ = drop_caught((self.timer.take(), self.fetch_wait.take()));
+        let _ = drop_caught(self.persistence.take());
+        let _ = drop_caught(std::mem::take(&mut self.inbox));
         self.fanout.abandon();
         self.current = None;
         self.shared.current.store(None);
