@@ -1,5 +1,7 @@
 //! Per-consumer delivery: each consumer gets tokens one call at a time, newest wins, failures
-//! isolated. The consumer list lives here, inside the driver: only the driver touches it.
+//! isolated. The consumers and where their calls stand live here, inside the driver: only the
+//! driver touches them. Which ids are registered is recorded once, in the mailbox (`Members`),
+//! whose writes queue the `Register` and `Unregister` commands that shape the list here.
 
 use super::call::{failure, Done, HeldConsumer, Job, Setup};
 use super::error::UpdateReport;
@@ -158,7 +160,8 @@ pub(super) struct Fanout {
     slots: BTreeMap<ConsumerId, Slot>,
     calls: Calls,
     trackers: Vec<Tracker>,
-    signing_out: Option<SignOut>,
+    /// Boxed: most of the time there is none, and an idle manager is mostly its driver.
+    signing_out: Option<Box<SignOut>>,
     /// The list's length after the last sweep for consumers the app dropped: registering sweeps
     /// again once it has doubled, so that dropped consumers cost no more than the live ones.
     swept_len: usize,
@@ -420,9 +423,11 @@ impl Fanout {
                 }
             }
         }
-        let signing_out = self.signing_out.get_or_insert_with(|| SignOut {
-            waiters: Vec::new(),
-            announced: false,
+        let signing_out = self.signing_out.get_or_insert_with(|| {
+            Box::new(SignOut {
+                waiters: Vec::new(),
+                announced: false,
+            })
         });
         // A sign-out after one already told is told again.
         signing_out.announced = false;

@@ -1,6 +1,6 @@
-//! What the handles and the driver share: the published token, the mailbox (the one way in), the
-//! event channel and the counters. Only the driver writes the token and the counters; handles read
-//! them and post commands.
+//! What the handles and the driver share: the published token, the mailbox (the one way in, with
+//! the record of which consumers are registered), the event channel and the counters. Only the
+//! driver writes the token and the counters; handles read them and post commands.
 
 use super::call::HeldConsumer;
 use super::error::{RefreshError, UpdateError, UpdateReport};
