@@ -1,6 +1,6 @@
 //! What the manager tells the app: [`Event`]s, received through [`Events`].
 
-use crate::{AccessToken, ServiceAction, TokenError};
+use crate::{ServiceAction, TokenError, TokenInfo};
 use futures_core::Stream;
 use std::future::Future;
 use std::pin::Pin;
@@ -12,14 +12,40 @@ use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 /// Something that happened to the manager's token.
 ///
 /// For each token, `TokenUpdated`, `TokenWillExpire` and `TokenExpired` come in that order, each at
-/// most once, and never for a token that has been replaced.
+/// most once, and never for a token that has been replaced. They carry a [`TokenInfo`] (identity,
+/// account, grants, times, generation), never the token itself: an event buffer nobody reads keeps
+/// no token alive, and events are safe to log. The app reads the token with
+/// [`AccessManager::token`](crate::AccessManager::token).
+///
+/// ```
+/// use access_manager::{AccessManager, AccessToken, Event};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+///                                "SKfedcba9876543210fedcba9876543210", "secret")
+///     .identity("alice")
+///     .to_jwt()
+///     .unwrap();
+/// let (manager, mut events) = AccessManager::builder().build_with_events().unwrap();
+/// manager.update_token(&jwt).await.unwrap();
+/// match events.recv().await {
+///     Some(Event::TokenUpdated { token }) => {
+///         assert_eq!(token.identity(), Some("alice"));
+///         assert_eq!(token.generation(), 1);
+///         // The event describes the token; the token itself is read from the manager.
+///         assert_eq!(manager.token().unwrap().as_str(), jwt);
+///     }
+///     other => panic!("expected TokenUpdated, got {other:?}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Event {
     /// A new token became current (pushed by the app or fetched). Delivery to consumers follows.
     TokenUpdated {
-        /// The new token.
-        token: AccessToken,
+        /// What the new token says.
+        token: TokenInfo,
     },
     /// The current token entered its refresh-ahead window (`exp - refresh_ahead`). With a fetcher,
     /// fetching starts then (spread by `refresh_jitter` if set), except for fetched tokens that
@@ -27,12 +53,12 @@ pub enum Event {
     /// 1 s), so a backend handing out short tokens is not called in a loop.
     TokenWillExpire {
         /// The token about to expire.
-        token: AccessToken,
+        token: TokenInfo,
     },
     /// The current token expired and no new one arrived in time; fetching goes on.
     TokenExpired {
         /// The expired token, still held (it is replaced by the next valid one).
-        token: AccessToken,
+        token: TokenInfo,
     },
     /// A fetch failed (or its token was rejected). The current token is kept.
     RefreshFailed {
@@ -71,7 +97,9 @@ pub enum Event {
         /// What the manager does about it.
         action: ServiceAction,
     },
-    /// The app signed out: the token is forgotten and every consumer's `signed_out` has run.
+    /// The app signed out: the token is forgotten and every consumer's `signed_out` has run. When
+    /// a new token becomes current before those calls have all run, `SignedOut` comes just before
+    /// its `TokenUpdated` (the calls still run, each before the consumer's next token).
     SignedOut,
     /// This subscriber fell behind and lost its oldest events; it goes on with the next.
     Lagged {
@@ -86,7 +114,22 @@ pub enum Event {
 ///
 /// A subscriber that falls behind loses its oldest events (never blocking the manager), is told so
 /// by an [`Event::Lagged`], and keeps receiving from there. After [`Event::Closed`], `recv()`
-/// returns `None`.
+/// returns `None`. A subscription that is never read costs the manager at most its event buffer
+/// ([`event_capacity`](crate::AccessManagerBuilder::event_capacity) events), and holds no token.
+///
+/// ```
+/// use access_manager::{AccessManager, Event};
+/// use futures::StreamExt;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let manager = AccessManager::builder().build().unwrap();
+/// let events = manager.subscribe();
+/// manager.shutdown().await;
+/// // As a stream: it ends after `Closed`.
+/// let all: Vec<Event> = events.collect().await;
+/// assert_eq!(all, [Event::Closed]);
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Events {
     stream: Option<BroadcastStream<Event>>,
@@ -111,6 +154,25 @@ impl Events {
 
     /// The next event; `None` once the manager has closed.
     ///
+    /// ```
+    /// use access_manager::{AccessManager, AccessToken, Event};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                                "SKfedcba9876543210fedcba9876543210", "secret")
+    ///     .identity("alice")
+    ///     .to_jwt()
+    ///     .unwrap();
+    /// let manager = AccessManager::builder().build().unwrap();
+    /// let mut events = manager.subscribe();
+    /// manager.update_token(jwt).await.unwrap();
+    /// manager.shutdown().await;
+    /// assert!(matches!(events.recv().await, Some(Event::TokenUpdated { .. })));
+    /// assert_eq!(events.recv().await, Some(Event::Closed));
+    /// assert_eq!(events.recv().await, None);
+    /// # }
+    /// ```
+    ///
     /// # Cancel safety
     /// Cancel safe: a dropped `recv()` loses no event.
     pub async fn recv(&mut self) -> Option<Event> {
@@ -120,6 +182,18 @@ impl Events {
 
 impl Events {
     /// The next event if one is waiting, without waiting: handy in tests.
+    ///
+    /// ```
+    /// use access_manager::{AccessManager, Event};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let manager = AccessManager::builder().build().unwrap();
+    /// let mut events = manager.subscribe();
+    /// assert_eq!(events.try_recv(), None); // nothing happened yet
+    /// manager.shutdown().await;
+    /// assert_eq!(events.try_recv(), Some(Event::Closed));
+    /// # }
+    /// ```
     pub fn try_recv(&mut self) -> Option<Event> {
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);

@@ -196,7 +196,8 @@ mod token;
 pub use token::grants;
 pub use token::grants::{GrantKind, Grants};
 pub use token::{
-    AccessToken, AccessTokenBuilder, TokenError, DEFAULT_TTL, MAX_LIFETIME, MAX_TOKEN_LEN,
+    AccessToken, AccessTokenBuilder, TokenError, TokenInfo, DEFAULT_TTL, MAX_LIFETIME,
+    MAX_TOKEN_LEN,
 };
 
 mod backoff;

@@ -142,3 +142,69 @@ fn a_gone_managers_token_is_freed_while_the_threads_that_read_it_live_on() {
         "dropping the manager freed {freed} B; its token's text alone is over {ROOM} B"
     );
 }
+
+/// Builds a manager, with a subscription that is never read, and pushes it the big token; runs `then`,
+/// and gives the live-heap drop it caused (the manager and the subscription still alive).
+fn freed_with_an_unread_subscription(
+    then: impl FnOnce(&AccessManager, &ManualClock, &tokio::runtime::Runtime),
+) -> isize {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    let (manager, unread) = runtime.block_on(async {
+        let (manager, unread) = AccessManager::builder()
+            .clock(clock.clone())
+            .build_with_events()
+            .unwrap();
+        // Pushed, so that its `TokenUpdated` waits in the subscription.
+        manager.update_token(token(&clock, ROOM)).await.unwrap();
+        (manager, unread)
+    });
+    let settle = || {
+        runtime.block_on(async {
+            for _ in 0..16 {
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    settle();
+    let before = live();
+    then(&manager, &clock, &runtime);
+    settle();
+    let freed = before - live();
+    drop((unread, manager));
+    freed
+}
+
+#[test]
+fn an_unread_subscription_keeps_no_replaced_token() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let freed = freed_with_an_unread_subscription(|manager, clock, runtime| {
+        runtime
+            .block_on(manager.update_token(token(clock, 8)))
+            .unwrap();
+    });
+    assert!(
+        freed >= ROOM as isize,
+        "replacing the token freed {freed} B with a subscription nobody reads; its text alone is \
+         over {ROOM} B"
+    );
+}
+
+#[test]
+fn an_unread_subscription_keeps_no_token_of_a_signed_out_shut_down_manager() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let freed = freed_with_an_unread_subscription(|manager, _, runtime| {
+        runtime.block_on(async {
+            let _ = manager.sign_out().await;
+            manager.shutdown().await;
+        });
+    });
+    assert!(
+        freed >= ROOM as isize,
+        "signing out and shutting down freed {freed} B with a subscription nobody reads; the \
+         token's text alone is over {ROOM} B"
+    );
+}

@@ -33,8 +33,7 @@ mod tally;
 use access_manager::clock::{Clock, SystemClock};
 use access_manager::http::HttpFetcher;
 use access_manager::{
-    AccessManager, AccessToken, Backoff, Event, FetchError, FetchReason, FetchRequest, GrantKind,
-    TokenFetcher,
+    AccessManager, Backoff, Event, FetchError, FetchReason, FetchRequest, GrantKind, TokenFetcher,
 };
 use std::future::Future;
 use std::pin::Pin;
@@ -130,8 +129,12 @@ impl Timeline {
     }
 }
 
-fn secs_left(token: &AccessToken) -> f64 {
-    token.remaining_at(SystemClock.now()).as_secs_f64()
+/// Seconds from now until `expires_at` (zero once past).
+fn secs_left(expires_at: SystemTime) -> f64 {
+    expires_at
+        .duration_since(SystemClock.now())
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 /// The manager's fetcher: the `HttpFetcher`, telling the timeline why each fetch starts.
@@ -266,6 +269,7 @@ async fn main() -> ExitCode {
     // The first fetch started at build(): had it finished before subscribe(), its TokenUpdated
     // went to nobody. Take the token from the manager then (on_event skips it if the event follows).
     if let Some(token) = manager.token() {
+        let token = token.info();
         on_event(&timeline, &mut tally, Event::TokenUpdated { token });
     }
     let mut rotation_due: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;

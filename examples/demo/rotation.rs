@@ -56,7 +56,7 @@ impl Rotation {
                 "sessions on {} dropped: {} reconnect with #{number} ({:.1} s left)",
                 from.short(),
                 names.join(", "),
-                secs_left(&old)
+                secs_left(old.expires_at())
             ),
         );
         // Registering hands each client the current token, as a reconnecting SDK presents the

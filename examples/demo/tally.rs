@@ -4,14 +4,15 @@
 use super::rotation::Rotation;
 use super::{secs_left, Timeline, CLIENTS};
 use access_manager::clock::{Clock, SystemClock};
-use access_manager::{AccessToken, Event, FetchReason};
+use access_manager::{AccessToken, Event, FetchReason, TokenInfo};
 use std::collections::BTreeMap;
 
 /// The run as recorded so far.
 #[derive(Default)]
 pub(super) struct Tally {
-    /// Tokens in the order they became current; index + 1 is the token number.
-    pub(super) tokens: Vec<AccessToken>,
+    /// Tokens in the order they became current, as their events describe them; index + 1 is the
+    /// token number.
+    pub(super) tokens: Vec<TokenInfo>,
     /// Per token number, the clients that accepted it.
     pub(super) accepted: BTreeMap<usize, Vec<&'static str>>,
     /// Per client, accepted tokens.
@@ -31,18 +32,34 @@ pub(super) struct Tally {
     pub(super) rotation: Option<Rotation>,
 }
 
+/// The number of the token a client accepted (0: not seen current).
 fn number_of(tally: &Tally, token: &AccessToken) -> usize {
     tally
         .tokens
         .iter()
-        .rposition(|t| t == token)
+        .rposition(|t| t.describes(token))
         .map_or(0, |i| i + 1)
+}
+
+/// The number of the token an event describes (0: not seen current).
+fn number_of_info(tally: &Tally, token: &TokenInfo) -> usize {
+    tally
+        .tokens
+        .iter()
+        .rposition(|t| same_token(t, token))
+        .map_or(0, |i| i + 1)
+}
+
+/// Whether two descriptions are of one token, whichever gave them (the manager's events number
+/// tokens; a description of the token read from the manager at start does not).
+fn same_token(a: &TokenInfo, b: &TokenInfo) -> bool {
+    (a.identity(), a.issued_at(), a.expires_at()) == (b.identity(), b.issued_at(), b.expires_at())
 }
 
 pub(super) fn on_event(timeline: &Timeline, tally: &mut Tally, event: Event) {
     match event {
         Event::TokenUpdated { token } => {
-            if tally.tokens.last() == Some(&token) {
+            if tally.tokens.last().is_some_and(|t| same_token(t, &token)) {
                 return;
             }
             if tally.refresh_failures > 0 {
@@ -58,7 +75,7 @@ pub(super) fn on_event(timeline: &Timeline, tally: &mut Tally, event: Event) {
                     "TokenUpdated     #{}  {}  {:.1} s left",
                     tally.tokens.len(),
                     token.identity().unwrap_or("?"),
-                    secs_left(&token)
+                    secs_left(token.expires_at())
                 ),
             );
         }
@@ -66,15 +83,15 @@ pub(super) fn on_event(timeline: &Timeline, tally: &mut Tally, event: Event) {
             "manager",
             format!(
                 "TokenWillExpire  #{}  {:.1} s left → fetching",
-                number_of(tally, &token),
-                secs_left(&token)
+                number_of_info(tally, &token),
+                secs_left(token.expires_at())
             ),
         ),
         Event::TokenExpired { token } => {
             tally.expired += 1;
             timeline.line(
                 "manager",
-                format!("TokenExpired     #{}", number_of(tally, &token)),
+                format!("TokenExpired     #{}", number_of_info(tally, &token)),
             );
         }
         Event::RefreshFailed {
@@ -91,7 +108,7 @@ pub(super) fn on_event(timeline: &Timeline, tally: &mut Tally, event: Event) {
                 format!(
                     "keeping #{} ({:.1} s left)",
                     tally.tokens.len(),
-                    secs_left(t)
+                    secs_left(t.expires_at())
                 )
             });
             timeline.line(

@@ -1,13 +1,13 @@
 //! One call of a consumer: how the manager holds a consumer (weakly, whatever its type) and runs
-//! a call on it, caught if it panics, timed out on elapsed time, as one boxed future.
+//! a call on it, caught if it panics (when called, polled or dropped), timed out on elapsed time,
+//! as one boxed future.
 
-use super::plugin::{self, drop_caught, panic_message, Plugin};
+use super::plugin::{self, drop_caught, Ended, Plugin};
 use crate::clock::Clock;
 use crate::consumer::{ConsumerError, ConsumerId};
 use crate::{AccessToken, TokenConsumer};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -70,7 +70,7 @@ async fn run<C: TokenConsumer + ?Sized>(consumer: Arc<C>, job: Job, setup: Setup
         Job::Token(_, generation) => Some(*generation),
         Job::SignedOut => None,
     };
-    let call = AssertUnwindSafe(async {
+    let call = async {
         match &job {
             Job::Token(token, _) => consumer.update_token(token).await,
             Job::SignedOut => {
@@ -78,17 +78,12 @@ async fn run<C: TokenConsumer + ?Sized>(consumer: Arc<C>, job: Job, setup: Setup
                 Ok(())
             }
         }
-    })
-    .catch_unwind();
-    let (timeout, clock) = (setup.timeout, setup.clock);
-    // The timer is made only if the consumer does not answer at its first poll.
-    let timer = async move { clock.sleep(timeout).await };
-    let outcome = tokio::select! {
-        biased;
-        result = call => result.unwrap_or_else(|panic| {
-            Err(failure(format!("consumer panicked: {}", panic_message(&*panic))))
-        }),
-        _ = timer => Err(failure(format!(
+    };
+    let timeout = setup.timeout;
+    let outcome = match plugin::bounded(call, &*setup.clock, timeout).await {
+        Ended::Answered(outcome) => outcome,
+        Ended::Panicked(panic) => Err(failure(format!("consumer panicked: {panic}"))),
+        Ended::TimedOut => Err(failure(format!(
             "consumer did not answer within {} s",
             timeout.as_secs_f64()
         ))),

@@ -1,5 +1,7 @@
 //! Per-consumer delivery: each consumer gets tokens one call at a time, newest wins, failures
-//! isolated. The consumer list lives here, inside the driver: only the driver touches it.
+//! isolated. The consumers and where their calls stand live here, inside the driver: only the
+//! driver touches them. Which ids are registered is recorded once, in the mailbox (`Members`),
+//! whose writes queue the `Register` and `Unregister` commands that shape the list here.
 
 use super::call::{failure, Done, HeldConsumer, Job, Setup};
 use super::error::UpdateReport;
@@ -13,7 +15,7 @@ use crate::{AccessToken, GrantKind};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -34,25 +36,90 @@ pub(super) struct Refusal {
 
 /// A registered consumer and where its calls stand.
 struct Slot {
-    id: ConsumerId,
     consumer: Box<dyn HeldConsumer>,
     name: Arc<str>,
     required: Option<GrantKind>,
-    /// A call is in flight (or its outcome is waiting in `ready`).
-    busy: bool,
-    /// The call in flight is `signed_out`.
-    in_sign_out: bool,
-    /// The app signed out during a call: `signed_out` is called next.
-    owes_sign_out: bool,
-    /// A token became current during a call: the current token is delivered next.
-    owes_token: bool,
+    state: State,
+}
+
+/// Where a consumer's calls stand: one call at a time, and what it is owed once that call ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// No call in flight.
+    Idle,
+    /// Taking a token (or its outcome, known without a call, waits in `ready`); then `next`.
+    Delivering(Next),
+    /// In `signed_out`; then the current token, if one became current meanwhile.
+    SigningOut { then_token: bool },
+}
+
+/// What a consumer busy taking a token is owed once its call ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Nothing,
+    /// A newer token became current: the current token (newest wins).
+    Token,
+    /// The app signed out: `signed_out`, then the current token if one became current since.
+    SignOut {
+        then_token: bool,
+    },
+}
+
+impl State {
+    /// A new token became current: what the consumer is in now (`None`: idle, start a call).
+    fn with_new_token(self) -> Option<State> {
+        match self {
+            State::Idle => None,
+            State::Delivering(Next::SignOut { .. }) => {
+                Some(State::Delivering(Next::SignOut { then_token: true }))
+            }
+            State::Delivering(_) => Some(State::Delivering(Next::Token)),
+            State::SigningOut { .. } => Some(State::SigningOut { then_token: true }),
+        }
+    }
+
+    /// The app signed out: what the consumer is in now (`None`: idle, start `signed_out`). A
+    /// token owed is forgotten with the session; a `signed_out` in flight serves this sign-out too.
+    fn with_sign_out(self) -> Option<State> {
+        match self {
+            State::Idle => None,
+            State::Delivering(_) => Some(State::Delivering(Next::SignOut { then_token: false })),
+            State::SigningOut { .. } => Some(State::SigningOut { then_token: false }),
+        }
+    }
+
+    /// What follows the call in flight, once it ends.
+    fn after_call(self) -> Then {
+        match self {
+            State::Idle
+            | State::Delivering(Next::Nothing)
+            | State::SigningOut { then_token: false } => Then::Idle,
+            State::Delivering(Next::Token) | State::SigningOut { then_token: true } => Then::Token,
+            State::Delivering(Next::SignOut { then_token }) => Then::SignOut { then_token },
+        }
+    }
+
+    /// Whether the consumer's `signed_out` is still to run or running.
+    fn signing_out(self) -> bool {
+        matches!(
+            self,
+            State::SigningOut { .. } | State::Delivering(Next::SignOut { .. })
+        )
+    }
+}
+
+/// What follows a finished call.
+enum Then {
+    Idle,
+    Token,
+    SignOut { then_token: bool },
 }
 
 /// An `update_token` call waiting until every consumer has taken its token (or a newer one).
 struct Tracker {
     generation: u64,
     token: AccessToken,
-    waiting: Vec<ConsumerId>,
+    waiting: BTreeSet<ConsumerId>,
     delivered: usize,
     failures: Vec<(String, ConsumerError)>,
     reply: ReportReply,
@@ -69,17 +136,32 @@ impl Tracker {
     }
 }
 
-pub(super) struct Fanout {
-    slots: Vec<Slot>,
-    /// Calls in flight; made when the first starts and dropped when the last ends, so that an idle
-    /// manager holds none.
-    calls: Option<FuturesUnordered<BoxFuture<'static, Done>>>,
+/// A sign-out whose consumers' `signed_out` calls have not all run.
+struct SignOut {
+    /// The `sign_out()` callers, answered once every call has run.
+    waiters: Vec<oneshot::Sender<()>>,
+    /// `SignedOut` was emitted already: a token became current before the calls ended, and the
+    /// sign-out was told before it.
+    announced: bool,
+}
+
+/// The calls in flight and how they are made.
+struct Calls {
+    /// Made when the first call starts and dropped when the last ends, so that an idle manager
+    /// holds none.
+    running: Option<FuturesUnordered<BoxFuture<'static, Done>>>,
     /// Outcomes known without a call (a missing grant), handed out before the calls'.
     ready: VecDeque<Done>,
-    trackers: Vec<Tracker>,
-    /// `sign_out()` callers waiting for every consumer's `signed_out`.
-    sign_out_waiters: Vec<oneshot::Sender<()>>,
     timeout: Duration,
+}
+
+pub(super) struct Fanout {
+    /// By id: registration order, for a delivery order that a seed replays.
+    slots: BTreeMap<ConsumerId, Slot>,
+    calls: Calls,
+    trackers: Vec<Tracker>,
+    /// Boxed: most of the time there is none, and an idle manager is mostly its driver.
+    signing_out: Option<Box<SignOut>>,
     /// The list's length after the last sweep for consumers the app dropped: registering sweeps
     /// again once it has doubled, so that dropped consumers cost no more than the live ones.
     swept_len: usize,
@@ -88,12 +170,14 @@ pub(super) struct Fanout {
 impl Fanout {
     pub(super) fn new(timeout: Duration) -> Self {
         Fanout {
-            slots: Vec::new(),
-            calls: None,
-            ready: VecDeque::new(),
+            slots: BTreeMap::new(),
+            calls: Calls {
+                running: None,
+                ready: VecDeque::new(),
+                timeout,
+            },
             trackers: Vec::new(),
-            sign_out_waiters: Vec::new(),
-            timeout,
+            signing_out: None,
             swept_len: 0,
         }
     }
@@ -103,12 +187,12 @@ impl Fanout {
     /// leak the calls after it), and the waiting callers (they answer `Closed`). The driver calls
     /// it when it stops, which it does whenever it is dropped.
     pub(super) fn abandon(&mut self) {
-        for call in self.calls.take().into_iter().flatten() {
+        for call in self.calls.running.take().into_iter().flatten() {
             let _ = drop_caught(call);
         }
-        self.ready.clear();
+        self.calls.ready.clear();
         self.trackers.clear();
-        self.sign_out_waiters.clear();
+        self.signing_out = None;
         self.slots.clear();
     }
 
@@ -122,44 +206,40 @@ impl Fanout {
         if self.slots.len() >= 2 * self.swept_len.max(4) {
             self.sweep(shared);
         }
-        self.slots.push(Slot {
-            id: registration.id,
+        let id = registration.id;
+        let mut slot = Slot {
             consumer: registration.consumer,
             name: registration.name,
             required: registration.required,
-            busy: false,
-            in_sign_out: false,
-            owes_sign_out: false,
-            owes_token: false,
-        });
+            state: State::Idle,
+        };
         if let Some(current) = current {
-            self.start_token(shared, self.slots.len() - 1, current);
+            self.calls.start_token(shared, id, &mut slot, current);
         }
+        self.slots.insert(id, slot);
     }
 
     /// A consumer unregisters: it gets nothing more, and no update waits for it.
     pub(super) fn unregister(&mut self, shared: &Shared, id: ConsumerId) {
-        self.slots.retain(|slot| slot.id != id);
-        self.forget(id);
+        self.slots.remove(&id);
+        self.forget(&[id]);
         self.check_signed_out(shared);
     }
 
     /// Drops the consumers the app has dropped (their memory is freed with our `Weak`).
     fn sweep(&mut self, shared: &Shared) {
         let mut gone = Vec::new();
-        self.slots.retain(|slot| {
+        self.slots.retain(|id, slot| {
             // A busy slot's call holds the consumer: it is swept once the call ends.
-            let alive = slot.busy || slot.consumer.is_alive();
+            let alive = slot.state != State::Idle || slot.consumer.is_alive();
             if !alive {
-                gone.push(slot.id);
+                gone.push(*id);
             }
             alive
         });
         self.swept_len = self.slots.len();
         shared.forget_consumers(&gone);
-        for id in gone {
-            self.forget(id);
-        }
+        self.forget(&gone);
     }
 
     /// Delivers a new current token to every consumer; `reply` (from `update_token`) is answered
@@ -171,17 +251,17 @@ impl Fanout {
         reply: Option<ReportReply>,
     ) {
         self.sweep(shared);
-        let mut waiting = Vec::with_capacity(if reply.is_some() { self.slots.len() } else { 0 });
-        for i in 0..self.slots.len() {
-            let slot = &mut self.slots[i];
-            let answers = if slot.busy {
-                slot.owes_token = true;
-                true
-            } else {
-                self.start_token(shared, i, current)
+        let mut waiting = BTreeSet::new();
+        for (id, slot) in &mut self.slots {
+            let answers = match slot.state.with_new_token() {
+                Some(state) => {
+                    slot.state = state;
+                    true
+                }
+                None => self.calls.start_token(shared, *id, slot, current),
             };
             if answers && reply.is_some() {
-                waiting.push(self.slots[i].id);
+                waiting.insert(*id);
             }
         }
         if let Some(reply) = reply {
@@ -196,83 +276,18 @@ impl Fanout {
             self.answer_finished();
         }
     }
-
-    /// Starts delivering `current` to slot `i`; `false` when its consumer is gone.
-    fn start_token(&mut self, shared: &Shared, i: usize, current: Deliverable<'_>) -> bool {
-        let slot = &mut self.slots[i];
-        if let Some(kind) = slot.required.filter(|k| !current.token.has_grant(*k)) {
-            slot.busy = true;
-            self.ready.push_back(Done {
-                id: slot.id,
-                name: slot.name.clone(),
-                generation: Some(current.generation),
-                outcome: Err(failure(format!(
-                    "token lacks the {kind} grant this consumer requires"
-                ))),
-            });
-            return true;
-        }
-        let (id, name, generation) = (slot.id, slot.name.clone(), current.generation);
-        // A root span: the delivery belongs to no caller's span.
-        let span = tracing::debug_span!(parent: None, "deliver", consumer = %name, generation);
-        let setup = self.setup(shared, id, name, span);
-        let job = Job::Token(current.token.clone(), generation);
-        let Some(call) = self.slots[i].consumer.call(job, setup) else {
-            return false;
-        };
-        self.slots[i].busy = true;
-        bump(&shared.counters.deliveries);
-        self.calls
-            .get_or_insert_with(FuturesUnordered::new)
-            .push(call);
-        true
-    }
-
-    /// Starts slot `i`'s `signed_out` call; `false` when its consumer is gone.
-    fn start_sign_out(&mut self, shared: &Shared, i: usize) -> bool {
-        let (id, name) = (self.slots[i].id, self.slots[i].name.clone());
-        let span = tracing::debug_span!(parent: None, "signed_out", consumer = %name);
-        let setup = self.setup(shared, id, name, span);
-        let Some(call) = self.slots[i].consumer.call(Job::SignedOut, setup) else {
-            return false;
-        };
-        let slot = &mut self.slots[i];
-        slot.busy = true;
-        slot.in_sign_out = true;
-        self.calls
-            .get_or_insert_with(FuturesUnordered::new)
-            .push(call);
-        true
-    }
-
-    /// What a call of consumer `id` runs under: the timeout, the clock, and the scope that tells
-    /// the consumer's calls back into this manager apart.
-    fn setup(&self, shared: &Shared, id: ConsumerId, name: Arc<str>, span: tracing::Span) -> Setup {
-        Setup {
-            id,
-            name,
-            timeout: self.timeout,
-            clock: shared.clock.clone(),
-            plugin: Plugin {
-                manager: shared.key(),
-                role: Role::Consumer,
-            },
-            span,
-        }
-    }
-
     /// A finished call, if any.
     pub(super) fn poll_done(&mut self, cx: &mut Context<'_>) -> Poll<Option<Done>> {
-        if let Some(done) = self.ready.pop_front() {
+        if let Some(done) = self.calls.ready.pop_front() {
             return Poll::Ready(Some(done));
         }
-        let Some(calls) = &mut self.calls else {
+        let Some(running) = &mut self.calls.running else {
             return Poll::Ready(None);
         };
-        match calls.poll_next_unpin(cx) {
+        match running.poll_next_unpin(cx) {
             Poll::Ready(done) => {
-                if calls.is_empty() {
-                    self.calls = None;
+                if running.is_empty() {
+                    self.calls.running = None;
                 }
                 Poll::Ready(done)
             }
@@ -305,18 +320,27 @@ impl Fanout {
             _ => None,
         };
         let mut next_token = false;
-        if let Some(i) = self.slots.iter().position(|s| s.id == id) {
-            let slot = &mut self.slots[i];
-            slot.busy = false;
-            slot.in_sign_out = false;
+        if let Some(slot) = self.slots.get_mut(&id) {
+            let then = slot.state.after_call();
+            slot.state = State::Idle;
             if !slot.consumer.is_alive() {
                 // The app dropped it during the call.
-                self.slots.remove(i);
+                self.slots.remove(&id);
                 shared.forget_consumers(&[id]);
-            } else if std::mem::take(&mut slot.owes_sign_out) {
-                self.start_sign_out(shared, i);
-            } else if std::mem::take(&mut slot.owes_token) {
-                next_token = current.is_some_and(|c| self.start_token(shared, i, c));
+            } else {
+                match then {
+                    Then::Idle => {}
+                    Then::Token => {
+                        next_token =
+                            current.is_some_and(|c| self.calls.start_token(shared, id, slot, c));
+                    }
+                    Then::SignOut { then_token } => {
+                        if self.calls.start_sign_out(shared, id, slot, then_token) {
+                            // Its next token follows the `signed_out` call.
+                            next_token = then_token;
+                        }
+                    }
+                }
             }
         }
         if let Some(generation) = generation {
@@ -324,7 +348,7 @@ impl Fanout {
         }
         if !next_token {
             // No newer token is coming to it: newer updates must not wait for it.
-            self.forget(id);
+            self.forget(&[id]);
         }
         self.check_signed_out(shared);
         refusal
@@ -344,10 +368,9 @@ impl Fanout {
             if tracker.generation > generation {
                 continue;
             }
-            let Some(pos) = tracker.waiting.iter().position(|w| *w == id) else {
+            if !tracker.waiting.remove(&id) {
                 continue;
-            };
-            tracker.waiting.swap_remove(pos);
+            }
             if tracker.generation == generation {
                 match outcome.take() {
                     Some(Ok(())) => tracker.delivered += 1,
@@ -359,10 +382,15 @@ impl Fanout {
         self.answer_finished();
     }
 
-    /// Nobody waits for consumer `id` any more.
-    fn forget(&mut self, id: ConsumerId) {
+    /// Nobody waits for these consumers any more.
+    fn forget(&mut self, ids: &[ConsumerId]) {
+        if self.trackers.is_empty() {
+            return;
+        }
         for tracker in &mut self.trackers {
-            tracker.waiting.retain(|w| *w != id);
+            for id in ids {
+                tracker.waiting.remove(id);
+            }
         }
         self.answer_finished();
     }
@@ -380,38 +408,130 @@ impl Fanout {
 
     /// The app signed out: updates still waiting are answered with what was delivered so far, and
     /// every consumer's `signed_out` is called (after its call in flight, if any). `reply` is
-    /// answered, and `SignedOut` emitted, once all of them have run.
+    /// answered, and `SignedOut` emitted, once all of them have run (`SignedOut` sooner if a token
+    /// becomes current first: see [`Fanout::announce_sign_out`]).
     pub(super) fn sign_out(&mut self, shared: &Shared, reply: oneshot::Sender<()>) {
         for tracker in self.trackers.drain(..) {
             tracker.answer();
         }
         self.sweep(shared);
-        for i in 0..self.slots.len() {
-            let slot = &mut self.slots[i];
-            slot.owes_token = false;
-            if slot.in_sign_out {
-                // Already signing out: this sign-out joins it.
-            } else if slot.busy {
-                slot.owes_sign_out = true;
-            } else {
-                self.start_sign_out(shared, i);
+        for (id, slot) in &mut self.slots {
+            match slot.state.with_sign_out() {
+                Some(state) => slot.state = state,
+                None => {
+                    self.calls.start_sign_out(shared, *id, slot, false);
+                }
             }
         }
-        self.sign_out_waiters.push(reply);
+        let signing_out = self.signing_out.get_or_insert_with(|| {
+            Box::new(SignOut {
+                waiters: Vec::new(),
+                announced: false,
+            })
+        });
+        // A sign-out after one already told is told again.
+        signing_out.announced = false;
+        signing_out.waiters.push(reply);
         self.check_signed_out(shared);
     }
 
-    /// Emits `SignedOut` and answers the `sign_out()` callers once no `signed_out` call is left.
+    /// A token is about to become current: a sign-out whose `signed_out` calls are still running
+    /// is told first, so that `SignedOut` never follows the next token's `TokenUpdated`.
+    pub(super) fn announce_sign_out(&mut self, shared: &Shared) {
+        if let Some(signing_out) = self.signing_out.as_mut().filter(|s| !s.announced) {
+            signing_out.announced = true;
+            tracing::info!("signed out");
+            shared.emit(|| Event::SignedOut);
+        }
+    }
+
+    /// Emits `SignedOut` (unless told already) and answers the `sign_out()` callers once no
+    /// `signed_out` call is left.
     fn check_signed_out(&mut self, shared: &Shared) {
-        if self.sign_out_waiters.is_empty()
-            || self.slots.iter().any(|s| s.in_sign_out || s.owes_sign_out)
-        {
+        if self.signing_out.is_none() || self.slots.values().any(|s| s.state.signing_out()) {
             return;
         }
-        tracing::info!("signed out");
-        shared.emit(|| Event::SignedOut);
-        for waiter in self.sign_out_waiters.drain(..) {
-            let _ = waiter.send(());
+        self.announce_sign_out(shared);
+        if let Some(signing_out) = self.signing_out.take() {
+            for waiter in signing_out.waiters {
+                let _ = waiter.send(());
+            }
+        }
+    }
+}
+
+impl Calls {
+    /// Starts delivering `current` to `slot`; `false` when its consumer is gone.
+    fn start_token(
+        &mut self,
+        shared: &Shared,
+        id: ConsumerId,
+        slot: &mut Slot,
+        current: Deliverable<'_>,
+    ) -> bool {
+        if let Some(kind) = slot.required.filter(|k| !current.token.has_grant(*k)) {
+            slot.state = State::Delivering(Next::Nothing);
+            self.ready.push_back(Done {
+                id,
+                name: slot.name.clone(),
+                generation: Some(current.generation),
+                outcome: Err(failure(format!(
+                    "token lacks the {kind} grant this consumer requires"
+                ))),
+            });
+            return true;
+        }
+        let (name, generation) = (slot.name.clone(), current.generation);
+        // A root span: the delivery belongs to no caller's span.
+        let span = tracing::debug_span!(parent: None, "deliver", consumer = %name, generation);
+        let setup = self.setup(shared, id, name, span);
+        let job = Job::Token(current.token.clone(), generation);
+        let Some(call) = slot.consumer.call(job, setup) else {
+            return false;
+        };
+        slot.state = State::Delivering(Next::Nothing);
+        bump(&shared.counters.deliveries);
+        self.running
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(call);
+        true
+    }
+
+    /// Starts `slot`'s `signed_out` call, to be followed by the current token if `then_token`;
+    /// `false` when its consumer is gone.
+    fn start_sign_out(
+        &mut self,
+        shared: &Shared,
+        id: ConsumerId,
+        slot: &mut Slot,
+        then_token: bool,
+    ) -> bool {
+        let name = slot.name.clone();
+        let span = tracing::debug_span!(parent: None, "signed_out", consumer = %name);
+        let setup = self.setup(shared, id, name, span);
+        let Some(call) = slot.consumer.call(Job::SignedOut, setup) else {
+            return false;
+        };
+        slot.state = State::SigningOut { then_token };
+        self.running
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(call);
+        true
+    }
+
+    /// What a call of consumer `id` runs under: the timeout, the clock, and the scope that tells
+    /// the consumer's calls back into this manager apart.
+    fn setup(&self, shared: &Shared, id: ConsumerId, name: Arc<str>, span: tracing::Span) -> Setup {
+        Setup {
+            id,
+            name,
+            timeout: self.timeout,
+            clock: shared.clock.clone(),
+            plugin: Plugin {
+                manager: shared.key(),
+                role: Role::Consumer,
+            },
+            span,
         }
     }
 }

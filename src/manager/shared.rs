@@ -1,6 +1,6 @@
-//! What the handles and the driver share: the published token, the mailbox (the one way in), the
-//! event channel and the counters. Only the driver writes the token and the counters; handles read
-//! them and post commands.
+//! What the handles and the driver share: the published token, the mailbox (the one way in, with
+//! the record of which consumers are registered), the event channel and the counters. Only the
+//! driver writes the token and the counters; handles read them and post commands.
 
 use super::call::HeldConsumer;
 use super::error::{RefreshError, UpdateError, UpdateReport};
@@ -12,8 +12,8 @@ use crate::event::{Event, Events};
 use crate::{AccessToken, GrantKind, TokenError};
 use arc_swap::ArcSwapOption;
 use futures_util::task::AtomicWaker;
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, oneshot, Notify};
@@ -67,13 +67,29 @@ pub(super) struct Registration {
 #[derive(Default)]
 struct Mailbox {
     queue: VecDeque<Command>,
-    /// The ids of the registered consumers, ascending: the handles' record, so that `unregister`
-    /// and `consumer_count` answer at once. The consumers themselves are the driver's.
-    registered: Vec<ConsumerId>,
+    members: Members,
     /// Every handle is gone: the driver stops.
     handles_gone: bool,
     /// The driver has stopped: commands are refused.
     closed: bool,
+}
+
+/// Which consumers are registered: the one record of membership, so that `unregister` and
+/// `consumer_count` answer at once, whatever thread registered the consumer.
+///
+/// Ids are assigned here, under the mailbox lock that stores them and queues their `Register`:
+/// an id exists only once it is recorded, and the driver sees registrations in the order of their
+/// ids. (An id drawn before the lock, as from a shared counter, could be recorded after a larger
+/// one, and a record kept in id order would then lose it.) Each operation is one hash-set step, so
+/// no caller holds the lock for more than a constant amount of work.
+///
+/// The driver holds the consumers themselves (for their calls) and never reads this back; it
+/// removes a consumer here only when it finds that the app dropped it.
+#[derive(Default)]
+struct Members {
+    /// The last id handed out (0: none yet).
+    last_id: u64,
+    registered: HashSet<ConsumerId>,
 }
 
 /// The current token as handles read it, with the issuer clock offset it is judged with.
@@ -96,10 +112,12 @@ pub(super) struct Shared {
     /// Made on the first subscription: a manager nobody listens to holds no event buffer.
     events: OnceLock<broadcast::Sender<Event>>,
     event_capacity: usize,
-    next_consumer_id: AtomicU64,
     closed: AtomicBool,
     closed_notify: Notify,
 }
+
+/// How many dropped consumers `forget_consumers` removes under one lock.
+const FORGET_AT_ONCE: usize = 64;
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (no user code runs under
 /// these locks).
@@ -128,7 +146,6 @@ impl Shared {
             driver_waker: AtomicWaker::new(),
             events: OnceLock::new(),
             event_capacity,
-            next_consumer_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             closed_notify: Notify::new(),
         }
@@ -174,12 +191,13 @@ impl Shared {
     /// Registers a consumer: a fresh id, recorded and sent to the driver in one step. After
     /// shutdown the id is registered nowhere.
     pub(super) fn register(&self, make: impl FnOnce(ConsumerId) -> Registration) -> ConsumerId {
-        let id = ConsumerId(self.next_consumer_id.fetch_add(1, Ordering::Relaxed));
         let mut mailbox = lock(&self.mailbox);
+        mailbox.members.last_id += 1;
+        let id = ConsumerId(mailbox.members.last_id);
         if mailbox.closed {
             return id;
         }
-        mailbox.registered.push(id);
+        mailbox.members.registered.insert(id);
         mailbox.queue.push_back(Command::Register(make(id)));
         drop(mailbox);
         self.driver_waker.wake();
@@ -189,10 +207,9 @@ impl Shared {
     /// Unregisters a consumer; `false` when it was not registered (or is already gone).
     pub(super) fn unregister(&self, id: ConsumerId) -> bool {
         let mut mailbox = lock(&self.mailbox);
-        let Ok(at) = mailbox.registered.binary_search(&id) else {
+        if !mailbox.members.registered.remove(&id) {
             return false;
-        };
-        mailbox.registered.remove(at);
+        }
         if !mailbox.closed {
             mailbox.queue.push_back(Command::Unregister(id));
         }
@@ -201,17 +218,19 @@ impl Shared {
         true
     }
 
-    /// The driver found these consumers (ids ascending) dropped by the app.
+    /// The driver found these consumers dropped by the app. A few at a time, so that
+    /// registrations waiting for the lock wait for no more than a constant amount of work.
     pub(super) fn forget_consumers(&self, gone: &[ConsumerId]) {
-        if !gone.is_empty() {
-            lock(&self.mailbox)
-                .registered
-                .retain(|id| gone.binary_search(id).is_err());
+        for some in gone.chunks(FORGET_AT_ONCE) {
+            let mut mailbox = lock(&self.mailbox);
+            for id in some {
+                mailbox.members.registered.remove(id);
+            }
         }
     }
 
     pub(super) fn consumer_count(&self) -> usize {
-        lock(&self.mailbox).registered.len()
+        lock(&self.mailbox).members.registered.len()
     }
 
     pub(super) fn clock_offset(&self) -> Option<i64> {
@@ -245,10 +264,10 @@ impl Shared {
             // Under the mailbox lock, so that `subscribe` either sees `closed` or gets `Closed`.
             let mut mailbox = lock(&self.mailbox);
             mailbox.closed = true;
-            mailbox.registered = Vec::new();
+            let members = std::mem::take(&mut mailbox.members.registered);
             self.emit(|| Event::Closed);
             self.closed.store(true, Ordering::Release);
-            std::mem::take(&mut mailbox.queue)
+            (std::mem::take(&mut mailbox.queue), members)
         };
         drop(dropped);
         self.closed_notify.notify_waiters();

@@ -6,6 +6,7 @@
 
 pub(crate) mod error;
 pub mod grants;
+mod info;
 mod json;
 mod mint;
 mod read;
@@ -20,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use error::TokenError;
 use grants::{GrantKind, Grants};
+pub use info::TokenInfo;
 pub use mint::{AccessTokenBuilder, DEFAULT_TTL};
 
 /// The largest token text accepted, in bytes (after trimming).
@@ -482,6 +484,27 @@ impl AccessToken {
     /// ```
     pub fn issued_at(&self) -> Option<SystemTime> {
         self.inner.iat().map(from_unix_secs)
+    }
+
+    /// What an event would say about this token: identity, account, kinds of grant and times,
+    /// without the token text (generation 0: no manager installed it). See [`TokenInfo`].
+    ///
+    /// ```
+    /// use access_manager::AccessToken;
+    ///
+    /// let jwt = AccessToken::builder("AC0123456789abcdef0123456789abcdef",
+    ///                                "SKfedcba9876543210fedcba9876543210", "secret")
+    ///     .identity("alice")
+    ///     .to_jwt()
+    ///     .unwrap();
+    /// let token = AccessToken::parse(&jwt).unwrap();
+    /// let info = token.info();
+    /// assert_eq!(info.identity(), Some("alice"));
+    /// assert_eq!(info.expires_at(), token.expires_at());
+    /// assert!(info.describes(&token));
+    /// ```
+    pub fn info(&self) -> TokenInfo {
+        TokenInfo::of(self, 0)
     }
 
     /// The grants.

@@ -6,7 +6,7 @@ use access_manager::clock::ManualClock;
 use access_manager::grants::{ChatGrant, SyncGrant, VideoGrant, VoiceGrant};
 use access_manager::{
     AccessToken, AccessTokenBuilder, ConsumerError, Event, Events, FetchError, FetchRequest,
-    GrantKind, TokenConsumer, TokenFetcher,
+    GrantKind, TokenConsumer, TokenFetcher, TokenInfo,
 };
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,6 +56,11 @@ pub fn builder(identity: &str, iat: u64, ttl: u64) -> AccessTokenBuilder {
 /// A token for `identity` issued at `iat` living `ttl` seconds, with chat, sync, voice and video.
 pub fn mint(identity: &str, iat: u64, ttl: u64) -> String {
     builder(identity, iat, ttl).to_jwt().unwrap()
+}
+
+/// Whether an event's description of a token is of the token `jwt` (events carry no token text).
+pub fn is_of(info: &TokenInfo, jwt: &str) -> bool {
+    info.describes(&AccessToken::parse(jwt).expect("a token"))
 }
 
 /// The signature segment of a JWT.

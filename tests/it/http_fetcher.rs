@@ -954,9 +954,9 @@ async fn manager_gets_a_token_over_http_after_a_503_and_a_backoff_on_its_clock()
     let Some(Event::TokenUpdated { token }) = events.recv().await else {
         panic!("expected TokenUpdated after the retry");
     };
-    assert_eq!(token.as_str(), jwt);
+    assert!(crate::common::is_of(&token, &jwt));
     assert_eq!(token.identity(), Some("alice"));
-    assert_eq!(manager.token(), Some(token));
+    assert_eq!(manager.token().unwrap().as_str(), jwt);
     assert_eq!(server.received().len(), 2);
     assert_eq!(clock.now(), start + Duration::from_secs(1));
     manager.shutdown().await;

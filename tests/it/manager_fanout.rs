@@ -423,3 +423,39 @@ async fn an_update_reports_at_once_past_a_consumer_the_app_dropped() {
     assert_eq!(kept.calls(), 1);
     assert_eq!(manager.consumer_count(), 1);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_sign_out_during_a_delivery_keeps_the_next_updates_report_whole_and_its_events_in_order()
+{
+    let clock = clock();
+    let manager = manager(&clock);
+    let mut events = manager.subscribe();
+    let chat = Recorder::new("chat", Mode::Gate);
+    manager.register(&chat);
+    let alice = spawn_update(&manager, &mint("alice", T0, 3600)).await;
+    chat.wait_calls(1).await;
+
+    // Signed out while chat is busy with alice's token, then bob signs in.
+    let sign_out = tokio::spawn(manager.sign_out());
+    settle().await;
+    let bob = mint("bob", T0, 3600);
+    let second = spawn_update(&manager, &bob).await;
+    chat.set_mode(Mode::Accept);
+    chat.release();
+
+    let report = second.await.unwrap().unwrap();
+    assert_eq!(
+        report.delivered(),
+        1,
+        "bob's update answered before chat took bob's token"
+    );
+    assert_eq!(chat.signed_outs(), 1);
+    assert_eq!(chat.seen().last().map(String::as_str), Some(bob.as_str()));
+    assert!(sign_out.await.is_ok(), "sign_out() panicked");
+    alice.await.unwrap().unwrap();
+    assert_eq!(
+        kinds(&drain(&mut events).await),
+        ["updated", "signed_out", "updated"],
+        "SignedOut must come before the next token's TokenUpdated"
+    );
+}

@@ -329,3 +329,91 @@ async fn a_panic_in_a_turn_run_by_update_token_closes_the_manager_and_the_caller
     assert!(manager.is_closed());
     manager.shutdown().await;
 }
+
+/// A consumer whose call never ends and panics when dropped.
+struct HangingConsumer;
+#[async_trait]
+impl TokenConsumer for HangingConsumer {
+    fn name(&self) -> &str {
+        "hanging"
+    }
+    async fn update_token(&self, _token: &AccessToken) -> Result<(), ConsumerError> {
+        let _guard = PanicsWhenDropped;
+        std::future::pending::<()>().await;
+        unreachable!()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_timed_out_fetch_that_panics_when_dropped_leaves_the_manager_open() {
+    let clock = clock();
+    let (manager, mut events) = AccessManager::builder()
+        .clock(clock.clone())
+        .fetcher(HangingFetcher)
+        .build_with_events()
+        .unwrap();
+    settle().await; // the initial fetch is in flight
+    clock.advance(secs(31)); // past the 30 s fetch timeout: the fetch is dropped
+    settle().await;
+    assert!(
+        !manager.is_closed(),
+        "dropping the timed-out fetch closed the manager"
+    );
+    match next(&mut events).await {
+        Event::RefreshFailed { error, .. } => assert!(error.contains("timed out"), "{error}"),
+        other => panic!("expected RefreshFailed, got {other:?}"),
+    }
+    manager.update_token(mint("alice", T0, 3600)).await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_timed_out_consumer_call_that_panics_when_dropped_leaves_the_manager_open() {
+    let clock = clock();
+    let manager = manager_holding(&clock, &mint("alice", T0, 3600));
+    let mut events = manager.subscribe();
+    let hanging = Arc::new(HangingConsumer);
+    manager.register(&hanging);
+    settle().await; // its call is in flight
+    clock.advance(secs(11)); // past the 10 s consumer timeout: the call is dropped
+    settle().await;
+    assert!(
+        !manager.is_closed(),
+        "dropping the timed-out call closed the manager"
+    );
+    assert_eq!(
+        consumer_failures(&drain(&mut events).await),
+        [(
+            "hanging".to_string(),
+            "consumer did not answer within 10 s".to_string()
+        )]
+    );
+    let chat = Recorder::new("chat", Mode::Accept);
+    manager.register(&chat);
+    chat.wait_calls(1).await;
+}
+
+/// A fetcher that panics when dropped, even while a panic unwinds.
+struct FetcherPanickingWhenDropped;
+#[async_trait]
+impl TokenFetcher for FetcherPanickingWhenDropped {
+    async fn fetch_token(&self, request: FetchRequest) -> Result<String, FetchError> {
+        HangingFetcher.fetch_token(request).await
+    }
+}
+impl Drop for FetcherPanickingWhenDropped {
+    fn drop(&mut self) {
+        panic!("the fetcher panics when dropped");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn shutdown_returns_when_both_the_fetch_in_flight_and_the_fetcher_panic_when_dropped() {
+    let manager = AccessManager::builder()
+        .clock(clock())
+        .fetcher(FetcherPanickingWhenDropped)
+        .build()
+        .unwrap();
+    settle().await; // the initial fetch is in flight
+    manager.shutdown().await;
+    assert!(manager.is_closed());
+}

@@ -7,7 +7,9 @@
 
 use crate::common::*;
 use access_manager::clock::{Clock, ManualClock};
-use access_manager::{fetcher_fn, AccessManager, AccessToken, ConsumerError, Event, TokenConsumer};
+use access_manager::{
+    fetcher_fn, AccessManager, AccessToken, ConsumerError, Event, TokenConsumer, TokenInfo,
+};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,6 +69,15 @@ impl TokenConsumer for Yielding {
     }
 }
 
+/// What tells this test's tokens apart in events (which carry no token text): their times.
+fn key_of_info(info: &TokenInfo) -> String {
+    format!("{:?} {:?}", info.issued_at(), info.expires_at())
+}
+
+fn key_of(jwt: &str) -> String {
+    key_of_info(&AccessToken::parse(jwt).unwrap().info())
+}
+
 /// Reads every event up to `Closed`, checks the per-token timeline, and returns each token's rank
 /// in the order tokens became current (the initial token, which has no `TokenUpdated`, first).
 async fn check_events(
@@ -76,18 +87,18 @@ async fn check_events(
     let mut rank: HashMap<String, usize> = HashMap::new();
     // Per token, the events seen so far: 1 Updated, 2 WillExpire, 3 Expired.
     let mut stage: HashMap<String, u8> = HashMap::new();
-    let mut current: Option<String> = initial.map(str::to_string);
+    let mut current: Option<String> = initial.map(key_of);
     if let Some(initial) = initial {
-        rank.insert(initial.to_string(), 0);
-        stage.insert(initial.to_string(), 1);
+        rank.insert(key_of(initial), 0);
+        stage.insert(key_of(initial), 1);
     }
     let mut closed = false;
     while let Some(event) = events.recv().await {
         assert!(!closed, "an event after Closed: {event:?}");
         let (token, step) = match &event {
-            Event::TokenUpdated { token } => (token.as_str().to_string(), 1),
-            Event::TokenWillExpire { token } => (token.as_str().to_string(), 2),
-            Event::TokenExpired { token } => (token.as_str().to_string(), 3),
+            Event::TokenUpdated { token } => (key_of_info(token), 1),
+            Event::TokenWillExpire { token } => (key_of_info(token), 2),
+            Event::TokenExpired { token } => (key_of_info(token), 3),
             Event::Closed => {
                 closed = true;
                 continue;
@@ -125,7 +136,7 @@ fn check_in_order(name: &str, seen: &[String], rank: &HashMap<String, usize>) {
         .iter()
         .map(|t| {
             *rank
-                .get(t)
+                .get(&key_of(t))
                 .unwrap_or_else(|| panic!("{name} got a token never current"))
         })
         .collect();
@@ -255,7 +266,7 @@ async fn stress_concurrent_updates_refreshes_reads_and_registrations_keep_every_
         "only {} tokens became current",
         rank.len()
     );
-    assert_eq!(rank.len() - 1, rank[&last]);
+    assert_eq!(rank.len() - 1, rank[&key_of(&last)]);
     for (name, log) in &logs {
         check_in_order(name, &log.lock().unwrap(), &rank);
     }
@@ -310,4 +321,109 @@ async fn stress_sixteen_tasks_pushing_at_once_leave_one_of_the_offered_tokens_cu
     let rank = check_events(&mut events, None).await;
     assert_eq!(rank.len(), 20 * 16);
     check_in_order("chat", &log.lock().unwrap(), &rank);
+}
+
+/// A consumer that only counts its calls.
+struct Counting(Arc<AtomicU64>);
+
+#[async_trait]
+impl TokenConsumer for Counting {
+    fn name(&self) -> &str {
+        "counting"
+    }
+    async fn update_token(&self, _: &AccessToken) -> Result<(), ConsumerError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+const THREADS: usize = 8;
+const PER_THREAD: usize = 2_000;
+
+#[test]
+fn stress_eight_threads_registering_at_once_can_unregister_every_consumer_they_registered() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let clock = ManualClock::new(at(T0));
+    // No token yet: nothing is delivered until the one pushed at the end.
+    let manager = {
+        let _in = runtime.enter();
+        AccessManager::builder().clock(clock).build().unwrap()
+    };
+    let calls = Arc::new(AtomicU64::new(0));
+    let start = std::sync::Barrier::new(THREADS);
+    let registered = std::sync::Barrier::new(THREADS);
+    let answers: Vec<Vec<bool>> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (manager, calls) = (manager.clone(), calls.clone());
+                let (start, registered) = (&start, &registered);
+                s.spawn(move || {
+                    let consumers: Vec<Arc<Counting>> = (0..PER_THREAD)
+                        .map(|_| Arc::new(Counting(calls.clone())))
+                        .collect();
+                    start.wait();
+                    let ids: Vec<_> = consumers.iter().map(|c| manager.register(c)).collect();
+                    registered.wait();
+                    let answers = ids.into_iter().map(|id| manager.unregister(id)).collect();
+                    // Alive until every thread has unregistered: none is unregistered by a drop.
+                    registered.wait();
+                    drop(consumers);
+                    answers
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let refused = answers.iter().flatten().filter(|ok| !**ok).count();
+    assert_eq!(
+        refused, 0,
+        "unregister answered false for {refused} registered consumers"
+    );
+    assert_eq!(manager.consumer_count(), 0);
+    runtime.block_on(async {
+        let before = calls.load(Ordering::SeqCst);
+        let report = manager.update_token(mint("alice", T0, 3700)).await.unwrap();
+        assert_eq!(
+            report.delivered(),
+            0,
+            "an unregistered consumer got the token"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), before);
+    });
+}
+
+#[test]
+fn registering_a_million_dropped_consumers_finishes_and_none_stays_counted() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let clock = ManualClock::new(at(T0));
+    let manager = {
+        let _in = runtime.enter();
+        manager_holding(&clock, &mint("alice", T0, 3600))
+    };
+    let calls = Arc::new(AtomicU64::new(0));
+    for _ in 0..1_000_000 {
+        manager.register(&Arc::new(Counting(calls.clone())));
+    }
+    runtime.block_on(async {
+        settle().await;
+        let report = manager.update_token(mint("alice", T0, 3700)).await.unwrap();
+        assert_eq!(report.delivered(), 0);
+    });
+    assert_eq!(
+        manager.consumer_count(),
+        0,
+        "dropped consumers still counted"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "a dropped consumer was called"
+    );
 }

@@ -77,7 +77,7 @@ async fn b1_update_rejects_bad_tokens_and_leaves_state_timers_and_consumers_unto
     assert_eq!(chat.seen(), vec![held.clone()]);
     clock.advance_to(at(T0 + 3600 - 180));
     match next(&mut events).await {
-        Event::TokenWillExpire { token } => assert_eq!(token.as_str(), held),
+        Event::TokenWillExpire { token } => assert!(is_of(&token, &held)),
         other => panic!("expected TokenWillExpire, got {other:?}"),
     }
 }
@@ -134,7 +134,7 @@ async fn b3_a_new_token_becomes_current_then_updated_then_delivered_and_update_w
         "current before delivery ends"
     );
     match next(&mut events).await {
-        Event::TokenUpdated { token } => assert_eq!(token.as_str(), jwt),
+        Event::TokenUpdated { token } => assert!(is_of(&token, &jwt)),
         other => panic!("expected TokenUpdated, got {other:?}"),
     }
     assert_eq!(fast.seen(), vec![jwt.clone()]);
@@ -256,7 +256,7 @@ async fn b4_a_replaced_tokens_timers_never_fire() {
     );
     clock.advance_to(at(T0 + 100 + 3600 - 180));
     match next(&mut events).await {
-        Event::TokenWillExpire { token } => assert_eq!(token.as_str(), second),
+        Event::TokenWillExpire { token } => assert!(is_of(&token, &second)),
         other => panic!("expected the second token's WillExpire, got {other:?}"),
     }
 }
@@ -383,7 +383,7 @@ async fn a_lagging_subscriber_is_told_how_many_events_it_missed() {
     assert_eq!(next(&mut events).await, Event::Lagged { missed: 3 });
     for jwt in &tokens[3..] {
         match next(&mut events).await {
-            Event::TokenUpdated { token } => assert_eq!(token.as_str(), jwt),
+            Event::TokenUpdated { token } => assert!(is_of(&token, jwt)),
             other => panic!("expected an update, got {other:?}"),
         }
     }

@@ -3,7 +3,7 @@
 
 use super::super::error::{RefreshError, UpdateError};
 use super::super::plugin::{self, Plugin, Role};
-use super::super::plugin::{drop_caught, panic_message};
+use super::super::plugin::{drop_caught, Ended};
 use super::super::shared::FetchReply;
 use super::super::stats::bump;
 use super::schedule::{Fetching, Next};
@@ -15,7 +15,6 @@ use crate::token::unix_secs;
 use crate::{AccessToken, MAX_LIFETIME};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -145,17 +144,16 @@ impl Driver {
                 Some(slot) => Some(slot.await),
                 None => None,
             };
-            let timer = clock.sleep(timeout);
-            // The call itself is inside the caught future: a fetcher may panic before returning one.
-            let call =
-                AssertUnwindSafe(async move { fetcher.fetch_token(request).await }).catch_unwind();
-            let result = tokio::select! {
-                biased;
-                result = call => result.unwrap_or_else(|panic| Err(FetchError::transient(format!(
-                    "fetcher panicked: {}", panic_message(&*panic)
-                )))),
-                _ = timer => Err(FetchError::transient(format!(
-                    "fetch timed out after {} s", timeout.as_secs_f64()
+            // The call itself is inside the bounded future: a fetcher may panic before returning one.
+            let call = async move { fetcher.fetch_token(request).await };
+            let result = match plugin::bounded(call, &*clock, timeout).await {
+                Ended::Answered(result) => result,
+                Ended::Panicked(panic) => {
+                    Err(FetchError::transient(format!("fetcher panicked: {panic}")))
+                }
+                Ended::TimedOut => Err(FetchError::transient(format!(
+                    "fetch timed out after {} s",
+                    timeout.as_secs_f64()
                 ))),
             };
             if let Some(slot) = slot {

@@ -13,7 +13,7 @@ use crate::clock::{saturating_add, Sleep};
 use crate::event::Event;
 use crate::limiter::Member;
 use crate::store::TokenStore;
-use crate::{AccessToken, TokenFetcher};
+use crate::{AccessToken, TokenFetcher, TokenInfo};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -187,13 +187,11 @@ impl Driver {
         // Dropping these runs user code (a fetch future's or the fetcher's `Drop`): a panic there
         // must not keep the manager from closing, or `shutdown()` would wait forever.
         // The store's queued operations and the unread commands may hold tokens: none is kept.
-        let owned = (
-            std::mem::replace(&mut self.fetching, Fetching::Idle),
-            self.config.fetcher.take(),
-            self.timer.take(),
-            std::mem::take(&mut self.inbox),
-        );
-        let _ = drop_caught(owned);
+        // One at a time: a second panic while the first unwinds would abort the process.
+        let _ = drop_caught(std::mem::replace(&mut self.fetching, Fetching::Idle));
+        let _ = drop_caught(self.config.fetcher.take());
+        let _ = drop_caught(self.timer.take());
+        let _ = drop_caught(std::mem::take(&mut self.inbox));
         self.fanout.abandon();
         if let Some(persistence) = &mut self.persistence {
             persistence.stop();
@@ -471,7 +469,8 @@ impl Driver {
             expires_unix = token.exp_secs(),
             "token updated"
         );
-        let updated = token.clone();
+        let updated = TokenInfo::of(&token, self.generation);
+        self.fanout.announce_sign_out(&self.shared);
         self.shared.emit(|| Event::TokenUpdated { token: updated });
         let current = Deliverable {
             token: &token,
@@ -484,16 +483,18 @@ impl Driver {
     /// Moves the token's phase to the time: WillExpire, then Expired.
     fn on_time(&mut self, now: SystemTime) {
         let lead = self.config.refresh_ahead;
+        // The current token is the last one installed.
+        let generation = self.generation;
         if let Some(c) = &mut self.current {
             if c.phase == Phase::Fresh && now >= c.will_expire_at(lead) {
                 c.phase = Phase::WillExpire;
-                let token = c.token.clone();
+                let token = TokenInfo::of(&c.token, generation);
                 self.shared.emit(|| Event::TokenWillExpire { token });
             }
             if c.phase == Phase::WillExpire && now >= c.expires_at {
                 c.phase = Phase::Expired;
-                let token = c.token.clone();
-                tracing::warn!(expires_unix = token.exp_secs(), "token expired");
+                tracing::warn!(expires_unix = c.token.exp_secs(), "token expired");
+                let token = TokenInfo::of(&c.token, generation);
                 self.shared.emit(|| Event::TokenExpired { token });
             }
         }

@@ -6,8 +6,13 @@ use super::fetcher::FetchCall;
 use super::model::{install_of, rel, INVALID};
 use super::world::World;
 use crate::common::{ACCOUNT, OTHER_ACCOUNT};
-use access_manager::{AccessToken, Event, ServiceAction};
+use access_manager::{AccessToken, Event, ServiceAction, TokenInfo};
 use std::time::{Duration, SystemTime};
+
+/// Whether `info` describes the token `jwt`.
+fn describes(info: &TokenInfo, jwt: &str) -> bool {
+    AccessToken::parse(jwt).is_ok_and(|t| info.describes(&t))
+}
 
 /// The manager never retries sooner than this after a failure.
 const MIN_RETRY_WAIT: Duration = Duration::from_millis(100);
@@ -50,7 +55,7 @@ impl World {
                 let Some(c) = self.current.map(|i| &mut self.installs[i]) else {
                     return Err("TokenWillExpire while no token is current".into());
                 };
-                if c.token != *token {
+                if !token.describes(&c.token) {
                     return Err(format!(
                         "TokenWillExpire for a token that is not current (current: install #{})",
                         c.idx
@@ -73,7 +78,7 @@ impl World {
                 let Some(c) = self.current.map(|i| &mut self.installs[i]) else {
                     return Err("TokenExpired while no token is current".into());
                 };
-                if c.token != *token {
+                if !token.describes(&c.token) {
                     return Err(format!(
                         "TokenExpired for a token that is not current (current: install #{})",
                         c.idx
@@ -158,36 +163,47 @@ impl World {
         Ok(())
     }
 
-    fn on_updated(&mut self, token: &AccessToken, now: SystemTime) -> Result<(), String> {
-        let text = token.as_str();
-        let from_app = match self.expect_install.iter().position(|t| t == text) {
-            Some(pos) => {
-                self.expect_install.remove(pos);
-                true
-            }
-            None => false,
+    fn on_updated(&mut self, info: &TokenInfo, now: SystemTime) -> Result<(), String> {
+        // Events carry no token text: the token is the one offered that the event describes.
+        let from_app = match self.expect_install.iter().position(|t| describes(info, t)) {
+            Some(pos) => Some(self.expect_install.remove(pos)),
+            None => None,
         };
-        let fetched: Option<FetchCall> = if from_app {
+        let fetched: Option<FetchCall> = if from_app.is_some() {
             None
         } else {
             self.fetch.as_ref().and_then(|f| {
                 let calls = f.calls.lock().unwrap();
+                // Fetches end in the order they start (one at a time): the first not yet
+                // installed that the event describes (tokens minted alike in the same second look
+                // alike), else the latest (a fetch that outlived a newer token may bring back an
+                // older one).
+                let installed: std::collections::HashSet<&str> =
+                    self.installs.iter().map(|i| i.token.as_str()).collect();
+                let of = |c: &&FetchCall| c.returned.as_deref().is_some_and(|t| describes(info, t));
+                let fresh = |c: &&FetchCall| {
+                    c.returned
+                        .as_deref()
+                        .is_some_and(|t| !installed.contains(t))
+                };
                 calls
                     .iter()
-                    .rev()
-                    .find(|c| c.returned.as_deref() == Some(text))
+                    .find(|c| fresh(c) && of(c))
+                    .or_else(|| calls.iter().rev().find(of))
                     .cloned()
             })
         };
-        if !from_app && fetched.is_none() {
-            return Err(if self.offered.contains(text) {
+        let text = from_app.or_else(|| fetched.as_ref().and_then(|c| c.returned.clone()));
+        let Some(token) = text.and_then(|t| AccessToken::parse(&t).ok()) else {
+            return Err(if self.offered.iter().any(|t| describes(info, t)) {
                 "TokenUpdated for a token the app offered but that was not (or no longer) to be \
                  installed"
                     .into()
             } else {
                 "TokenUpdated for a token nobody offered".into()
             });
-        }
+        };
+        let token = &token;
         if let Err(e) = token.validate_at(now) {
             return Err(format!("a token became current while invalid: {e}"));
         }
