@@ -175,8 +175,8 @@ impl FetchRequest {
     ///     seen.send(request.reason()).unwrap();
     ///     async move { mint() }
     /// });
-    /// let manager = AccessManager::builder().fetcher(fetcher).build()?;
-    /// manager.refresh().await?; // joins the first fetch
+    /// let (manager, mut events) = AccessManager::builder().fetcher(fetcher).build_with_events()?;
+    /// events.recv().await; // the first token arrived
     /// manager.refresh().await?; // the app asks for a new token
     /// let seen: Vec<FetchReason> = reasons.try_iter().collect();
     /// assert_eq!(seen, [FetchReason::Initial, FetchReason::Manual]);
