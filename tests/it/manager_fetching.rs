@@ -697,3 +697,26 @@ async fn b5_a_token_pushed_before_the_managers_first_turn_stops_the_initial_fetc
     assert_eq!(manager.token().unwrap().as_str(), pushed);
     assert_eq!(manager.stats().next_fetch_at, Some(at(T0 + 3420)));
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn b5_a_refresh_sent_before_the_managers_first_turn_is_the_initial_fetch() {
+    let reasons = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = reasons.clone();
+    let fetcher = access_manager::fetcher_fn(move |request| {
+        seen.lock().unwrap().push(request.reason());
+        async move {
+            access_manager::AccessToken::builder(
+                "AC0123456789abcdef0123456789abcdef",
+                "SKfedcba9876543210fedcba9876543210",
+                "api-secret",
+            )
+            .identity("alice")
+            .to_jwt()
+            .map_err(access_manager::FetchError::transient)
+        }
+    });
+    let manager = AccessManager::builder().fetcher(fetcher).build().unwrap();
+    manager.refresh().await.unwrap(); // sent before the driver ran at all
+    assert_eq!(*reasons.lock().unwrap(), [FetchReason::Initial]);
+    manager.shutdown().await;
+}

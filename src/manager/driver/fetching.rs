@@ -102,6 +102,9 @@ impl Driver {
         self.invalid_strike = 0;
         match self.fetching.in_flight() {
             Some(fetch) => fetch.halt_after = false,
+            // Before the first token, the app's call is the first fetch (behaviour 5), even when it
+            // is taken before the driver's first turn started it.
+            None if self.generation == 0 => self.start_fetch(FetchReason::Initial, 1, now),
             None => self.start_fetch(FetchReason::Manual, 1, now),
         }
         if let Some(fetch) = self.fetching.in_flight() {
