@@ -208,7 +208,6 @@ mod fetcher;
 pub mod http;
 mod limiter;
 mod manager;
-mod wall_watch;
 
 pub use backoff::Backoff;
 pub use consumer::{ConsumerError, ConsumerId, TokenConsumer};

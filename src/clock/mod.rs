@@ -20,6 +20,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
+/// The process-wide wall-clock watcher behind `SystemClock`'s wall sleeps.
+mod wall_watch;
+
 /// A boxed sleep, as [`Clock`] returns them.
 pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
@@ -149,7 +152,7 @@ impl Clock for SystemClock {
     /// # }
     /// ```
     fn sleep_until(&self, deadline: SystemTime) -> Sleep {
-        Box::pin(crate::wall_watch::WallSleep::new(deadline))
+        Box::pin(wall_watch::WallSleep::new(deadline))
     }
 
     /// Resolves once `duration` has elapsed on tokio's monotonic timer, whatever the wall clock
