@@ -3,21 +3,31 @@
 # tokens minted by this crate must pass twilio-node's and twilio-python's verifiers, carry the same
 # header and claims as twilio-node mints for the same inputs, and twilio-node's tokens must pass our
 # `verify`. Needs node, npm, python3 and the npm and PyPI registries.
-# INTEROP_TOOLKIT=DIR reuses a folder already set up as below (for local runs); CI leaves it unset.
+# `interop.sh --install DIR` only sets up DIR with the two libraries (CI does that while the crate
+# compiles); INTEROP_TOOLKIT=DIR then reuses it. Without either, the toolkit goes in a temporary folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=../shared/tokenkit
+
+install_toolkit() {
+  mkdir -p "$1"
+  echo "interop: installing twilio-node 6.3.1 and twilio-python 9.13.0 in $1"
+  (cd "$1" && npm install --no-audit --no-fund --loglevel=error twilio@6.3.1 >/dev/null)
+  python3 -m venv "$1/venv"
+  "$1/venv/bin/pip" install -q --disable-pip-version-check twilio==9.13.0 PyJWT==2.15.1
+}
+
+if [[ "${1:-}" == "--install" ]]; then
+  install_toolkit "$2"
+  exit 0
+fi
+
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-
 TK=${INTEROP_TOOLKIT:-}
 if [[ -z "$TK" ]]; then
   TK="$WORK/toolkit"
-  mkdir -p "$TK"
-  echo "interop: installing twilio-node 6.3.1 and twilio-python 9.13.0 in $TK"
-  (cd "$TK" && npm install --no-audit --no-fund --loglevel=error twilio@6.3.1 >/dev/null)
-  python3 -m venv "$TK/venv"
-  "$TK/venv/bin/pip" install -q --disable-pip-version-check twilio==9.13.0 PyJWT==2.15.1
+  install_toolkit "$TK"
 fi
 
 cargo run --quiet --example mint_interop -- mint "$WORK/ours.json"

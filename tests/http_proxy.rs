@@ -69,9 +69,12 @@ async fn the_environments_proxy_is_followed_by_default_and_not_with_no_proxy() {
         "all_proxy",
         "http_proxy",
     ] {
-        std::env::remove_var(name);
+        // SAFETY: this binary's one test changes the environment before it starts any thread
+        // that reads it.
+        unsafe { std::env::remove_var(name) };
     }
-    std::env::set_var("HTTP_PROXY", format!("http://{}", proxy.addr));
+    // SAFETY: as above.
+    unsafe { std::env::set_var("HTTP_PROXY", format!("http://{}", proxy.addr)) };
     let url = format!("http://{}/token", target.addr);
     let request = || FetchRequest::new(FetchReason::Initial, 1, None);
 

@@ -718,7 +718,7 @@ impl AccessManager {
     pub fn report_service_error(
         &self,
         code: u32,
-    ) -> impl Future<Output = ServiceAction> + Send + 'static {
+    ) -> impl Future<Output = ServiceAction> + Send + 'static + use<> {
         let (reply, answer) = oneshot::channel();
         // Unsent after shutdown: the dropped reply answers `Ignore`.
         self.shared().send(Command::ServiceRefused { code, reply });
@@ -761,7 +761,7 @@ impl AccessManager {
     /// assert_eq!(manager.identity().as_deref(), Some("bob"));
     /// # }
     /// ```
-    pub fn sign_out(&self) -> impl Future<Output = io::Result<()>> + Send + 'static {
+    pub fn sign_out(&self) -> impl Future<Output = io::Result<()>> + Send + 'static + use<> {
         let (reply, done) = oneshot::channel();
         let (cleared, store_cleared) = oneshot::channel();
         let sent = self.shared().send(Command::SignOut { reply, cleared });

@@ -353,7 +353,7 @@ async fn b6_a_permanent_error_stops_retries_until_refresh_or_update() {
 fn minting_fetcher(
     clock: &ManualClock,
     ttl: u64,
-) -> (impl access_manager::TokenFetcher, Arc<AtomicUsize>) {
+) -> (impl access_manager::TokenFetcher + use<>, Arc<AtomicUsize>) {
     let fetched = Arc::new(AtomicUsize::new(0));
     let fetcher = {
         let clock = clock.clone();

@@ -18,7 +18,7 @@ pub struct Capture(Arc<Mutex<Vec<u8>>>);
 
 impl Capture {
     /// A TRACE-level subscriber writing here (no timestamps: nothing reads the system clock).
-    pub fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + 'static {
+    pub fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + 'static + use<> {
         tracing_subscriber::fmt()
             .with_max_level(tracing::Level::TRACE)
             .without_time()
