@@ -107,9 +107,10 @@ use model::{Outcome, Tally, Violation};
 use std::io::Write;
 use std::panic::AssertUnwindSafe;
 
-/// Histories in a default run: some seeds with a shared limiter or a store take seconds each in a
-/// debug build, so the default is short; `SIM_SEEDS=5000` in release is the full run.
-const DEFAULT_SEEDS: u64 = 20;
+/// Histories in a default run (about 30 s in a debug build; a history where a service refuses
+/// every token runs thousands of fetch cycles and takes a few seconds); `SIM_SEEDS=5000` in
+/// release is the full run.
+const DEFAULT_SEEDS: u64 = 100;
 /// Steps in each history.
 const DEFAULT_STEPS: usize = 150;
 

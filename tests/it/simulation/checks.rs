@@ -398,32 +398,43 @@ impl World {
 
     /// After `sign_out()` returned `Ok`, the store never holds a token again until a new one is
     /// installed (behaviour 17).
-    fn check_store(&self) -> Result<(), String> {
-        let Some(store) = &self.store else {
+    fn check_store(&mut self) -> Result<(), String> {
+        let Some(store) = self.store.clone() else {
             return Ok(());
         };
-        let writes = store.writes();
-        for &(mark, installs_before) in &self.cleared_marks {
-            // What the store held when `sign_out()` returned, and every change since.
-            let held_then = mark.checked_sub(1).map(|i| &writes[i]);
-            let since = held_then.into_iter().chain(&writes[mark..]);
-            for held in since.flatten() {
-                let installed_after = self.installs[installs_before..]
-                    .iter()
-                    .any(|i| i.token.as_str() == held);
-                if !installed_after {
-                    return Err(format!(
-                        "the store holds a token installed before a sign-out that returned Ok \
-                         (install #{})",
-                        self.installs
-                            .iter()
-                            .position(|i| i.token.as_str() == held)
-                            .map_or("?".into(), |i| (i + 1).to_string())
-                    ));
+        // Each write is checked once against every mark before it, and each mark once against
+        // what the store held when it was made.
+        let (checked, new_marks) = (self.store_checked, self.marks_checked);
+        self.marks_checked = self.cleared_marks.len();
+        store.with_writes(|writes| {
+            self.store_checked = writes.len();
+            for (n, &(mark, installs_before)) in self.cleared_marks.iter().enumerate() {
+                // What the store held when `sign_out()` returned, and every change since.
+                let held_then = mark
+                    .checked_sub(1)
+                    .filter(|_| n >= new_marks)
+                    .map(|i| &writes[i]);
+                let since = held_then
+                    .into_iter()
+                    .chain(&writes[mark.max(checked).min(writes.len())..]);
+                for held in since.flatten() {
+                    let installed_after = self.installs[installs_before..]
+                        .iter()
+                        .any(|i| i.token.as_str() == held);
+                    if !installed_after {
+                        return Err(format!(
+                            "the store holds a token installed before a sign-out that returned \
+                             Ok (install #{})",
+                            self.installs
+                                .iter()
+                                .position(|i| i.token.as_str() == held)
+                                .map_or("?".into(), |i| (i + 1).to_string())
+                        ));
+                    }
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn check_refresh_answer(

@@ -78,8 +78,9 @@ impl SimStore {
         })
     }
 
-    pub fn writes(&self) -> Vec<Option<String>> {
-        self.state.lock().unwrap().writes.clone()
+    /// Runs `f` on every write so far, without copying them.
+    pub fn with_writes<T>(&self, f: impl FnOnce(&[Option<String>]) -> T) -> T {
+        f(&self.state.lock().unwrap().writes)
     }
 
     pub fn writes_len(&self) -> usize {

@@ -172,25 +172,27 @@ impl World {
         let fetched: Option<FetchCall> = if from_app.is_some() {
             None
         } else {
-            self.fetch.as_ref().and_then(|f| {
+            self.fetch.clone().and_then(|f| {
                 let calls = f.calls.lock().unwrap();
                 // Fetches end in the order they start (one at a time): the first not yet
                 // installed that the event describes (tokens minted alike in the same second look
                 // alike), else the latest (a fetch that outlived a newer token may bring back an
-                // older one).
-                let installed: std::collections::HashSet<&str> =
-                    self.installs.iter().map(|i| i.token.as_str()).collect();
-                let of = |c: &&FetchCall| c.returned.as_deref().is_some_and(|t| describes(info, t));
-                let fresh = |c: &&FetchCall| {
+                // older one). A fetched token not installed by the time a later fetch's token is
+                // never will be: the search starts after the last fetch matched this way.
+                let of = |c: &FetchCall| c.returned.as_deref().is_some_and(|t| describes(info, t));
+                let fresh = |c: &FetchCall| {
                     c.returned
                         .as_deref()
-                        .is_some_and(|t| !installed.contains(t))
+                        .is_some_and(|t| !self.installed_texts.contains(t))
                 };
-                calls
-                    .iter()
-                    .find(|c| fresh(c) && of(c))
-                    .or_else(|| calls.iter().rev().find(of))
-                    .cloned()
+                let from = self.fetch_matched.min(calls.len());
+                match calls[from..].iter().position(|c| fresh(c) && of(c)) {
+                    Some(at) => {
+                        self.fetch_matched = from + at + 1;
+                        Some(calls[from + at].clone())
+                    }
+                    None => calls.iter().rev().find(|c| of(c)).cloned(),
+                }
             })
         };
         let text = from_app.or_else(|| fetched.as_ref().and_then(|c| c.returned.clone()));
@@ -231,6 +233,7 @@ impl World {
         // A token that became current after time jumped is under the healthy guarantee again.
         self.healthy_void = false;
         let idx = self.installs.len() as u64 + 1;
+        self.installed_texts.insert(token.as_str().to_string());
         self.installs
             .push(install_of(idx, token.clone(), self.profile.refresh_ahead));
         self.current = Some(self.installs.len() - 1);

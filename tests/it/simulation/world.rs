@@ -128,10 +128,15 @@ pub struct World {
     pub store: Option<Arc<SimStore>>,
     /// Per `sign_out()` answered `Ok`: the store's changes then, and the installs before the call.
     pub cleared_marks: Vec<(usize, usize)>,
+    /// The store's writes `check_store` has seen, and the marks it has checked.
+    pub store_checked: usize,
+    pub marks_checked: usize,
     /// Per `sign_out()` whose clear has not begun: the store's count of calls begun once it has
     /// (the manager starts it on a pool thread, a moment after the command).
     pub clears_due: Vec<u64>,
     pub fetch_cursor: usize,
+    /// Fetch calls before this one brought a token that became current, or never will.
+    pub fetch_matched: usize,
     pub limiter: Option<FetchLimiter>,
     /// A fetch waited for a slot of the limiter at the last check.
     pub slot_waited: bool,
@@ -149,6 +154,8 @@ pub struct World {
     pub account: &'static str,
     // The model.
     pub installs: Vec<Install>,
+    /// The text of every token in `installs`, for a lookup that does not scan them all.
+    pub installed_texts: HashSet<String>,
     pub current: Option<usize>,
     pub offered: HashSet<String>,
     pub halted: bool,
@@ -262,6 +269,7 @@ impl World {
         });
         let mut offered = HashSet::new();
         let mut installs = Vec::new();
+        let mut installed_texts = HashSet::new();
         if profile.initial {
             let left = if profile.healthy {
                 rng.range(2 * profile.refresh_ahead.as_secs() + 10, 7200)
@@ -271,6 +279,7 @@ impl World {
             let jwt = minter.mint(&Spec::living("alice", clock.now(), rng.range(0, 60), left));
             offered.insert(jwt.clone());
             let token = AccessToken::parse(&jwt).unwrap();
+            installed_texts.insert(jwt.clone());
             installs.push(install_of(1, token, profile.refresh_ahead));
             builder = builder.initial_token(jwt);
         }
@@ -295,8 +304,11 @@ impl World {
             fetch,
             store,
             cleared_marks: Vec::new(),
+            store_checked: 0,
+            marks_checked: 0,
             clears_due: Vec::new(),
             fetch_cursor: 0,
+            fetch_matched: 0,
             limiter,
             slot_waited: false,
             never_reached: 0,
@@ -312,6 +324,7 @@ impl World {
             account: ACCOUNT,
             current: (!installs.is_empty()).then_some(0),
             installs,
+            installed_texts,
             offered,
             halted: false,
             strike: 0,
