@@ -18,11 +18,11 @@ use std::task::{Poll, Waker};
 use std::time::UNIX_EPOCH;
 use tokio::sync::oneshot::{self, error::TryRecvError};
 
-/// Runs `f` in every interleaving, up to three preemptions a run unless `LOOM_MAX_PREEMPTIONS`
-/// says otherwise.
+/// Runs `f` once for every interleaving with at most four preemptions (`LOOM_MAX_PREEMPTIONS`
+/// sets another bound).
 fn check(f: impl Fn() + Sync + Send + 'static) {
     let mut model = loom::model::Builder::new();
-    model.preemption_bound.get_or_insert(3);
+    model.preemption_bound.get_or_insert(4);
     model.check(f);
 }
 
@@ -271,5 +271,43 @@ fn a_consumer_the_driver_forgets_is_unregistered_at_most_once() {
         handle.join().unwrap();
         assert_eq!(shared.consumer_count(), 0);
         assert!(!shared.unregister(id));
+    });
+}
+
+#[test]
+fn the_driver_closing_while_handles_register_subscribe_and_send_loses_nothing() {
+    check(|| {
+        let shared = shared();
+        // The driver takes what comes until it has something, then stops, answering what it took.
+        let driver = thread::spawn({
+            let shared = shared.clone();
+            move || {
+                let taken = drive_until(&shared, |taken, _| !taken.is_empty());
+                shared.close();
+                for command in taken {
+                    if let Command::Refresh { reply, .. } = command {
+                        let _ = reply.send(Err(RefreshError::NoFetcher));
+                    }
+                }
+            }
+        });
+        let handle = thread::spawn({
+            let shared = shared.clone();
+            move || {
+                register(&shared);
+                let (command, answer) = refresh();
+                shared.send(command);
+                answer
+            }
+        });
+        let mut events = shared.subscribe();
+        let id = register(&shared);
+        shared.unregister(id);
+
+        let mut answer = handle.join().unwrap();
+        driver.join().unwrap();
+        assert!(!matches!(answer.try_recv(), Err(TryRecvError::Empty)));
+        assert_eq!(shared.consumer_count(), 0);
+        assert_eq!(events.try_recv(), Some(Event::Closed));
     });
 }
