@@ -1,6 +1,8 @@
 //! What the handles and the driver share: the published token, the mailbox (the one way in, with
 //! the record of which consumers are registered), the event channel and the counters. Only the
-//! driver writes the token and the counters; handles read them and post commands.
+//! driver writes the token and the counters; handles read them and post commands. The mailbox's
+//! lock, closed flag and waker come from `crate::sync`, so that loom model-checks them as they are
+//! (`loom_tests`, TESTING.md "Model checking").
 
 use super::call::HeldConsumer;
 use super::error::{RefreshError, UpdateError, UpdateReport};
