@@ -91,7 +91,7 @@ fn refresh() -> (
 }
 
 #[test]
-fn ids_are_unique_and_unregister_once_from_any_thread() {
+fn ids_are_unique_reach_the_driver_in_order_and_unregister_once_from_any_thread() {
     check(|| {
         let shared = shared();
         let first = thread::spawn({
@@ -259,18 +259,23 @@ fn a_subscription_racing_close_sees_closed() {
 }
 
 #[test]
-fn a_consumer_the_driver_forgets_is_unregistered_at_most_once() {
+fn a_consumer_the_driver_forgets_is_unregistered_at_most_once_and_the_others_stay() {
     check(|| {
         let shared = shared();
-        let id = register(&shared);
+        let gone = register(&shared);
         let handle = thread::spawn({
             let shared = shared.clone();
-            move || shared.unregister(id)
+            move || {
+                shared.unregister(gone);
+                register(&shared)
+            }
         });
-        shared.forget_consumers(&[id]);
-        handle.join().unwrap();
+        shared.forget_consumers(&[gone]);
+        let live = handle.join().unwrap();
+        assert_eq!(shared.consumer_count(), 1);
+        assert!(!shared.unregister(gone));
+        assert!(shared.unregister(live));
         assert_eq!(shared.consumer_count(), 0);
-        assert!(!shared.unregister(id));
     });
 }
 
