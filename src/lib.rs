@@ -208,6 +208,7 @@ mod fetcher;
 pub mod http;
 mod limiter;
 mod manager;
+mod sync;
 
 pub use backoff::Backoff;
 pub use consumer::{ConsumerError, ConsumerId, TokenConsumer};

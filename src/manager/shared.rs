@@ -1,6 +1,8 @@
 //! What the handles and the driver share: the published token, the mailbox (the one way in, with
 //! the record of which consumers are registered), the event channel and the counters. Only the
-//! driver writes the token and the counters; handles read them and post commands.
+//! driver writes the token and the counters; handles read them and post commands. The mailbox's
+//! lock, closed flag and waker come from `crate::sync`, so that loom model-checks them as they are
+//! (`loom_tests`, TESTING.md "Model checking").
 
 use super::call::HeldConsumer;
 use super::error::{RefreshError, UpdateError, UpdateReport};
@@ -9,14 +11,17 @@ use super::stats::Counters;
 use crate::clock::Clock;
 use crate::consumer::ConsumerId;
 use crate::event::{Event, Events};
+use crate::sync::{AtomicBool, AtomicWaker, Mutex, MutexGuard, Ordering};
 use crate::{AccessToken, GrantKind, TokenError};
 use arc_swap::ArcSwapOption;
-use futures_util::task::AtomicWaker;
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, oneshot, Notify};
+
+#[cfg(all(test, loom))]
+mod loom_tests;
 
 pub(super) type ReportReply = oneshot::Sender<Result<UpdateReport, UpdateError>>;
 pub(super) type FetchReply = oneshot::Sender<Result<AccessToken, RefreshError>>;
@@ -70,8 +75,6 @@ struct Mailbox {
     members: Members,
     /// Every handle is gone: the driver stops.
     handles_gone: bool,
-    /// The driver has stopped: commands are refused.
-    closed: bool,
 }
 
 /// Which consumers are registered: the one record of membership, so that `unregister` and
@@ -112,6 +115,9 @@ pub(super) struct Shared {
     /// Made on the first subscription: a manager nobody listens to holds no event buffer.
     events: OnceLock<broadcast::Sender<Event>>,
     event_capacity: usize,
+    /// The driver has stopped: commands are refused. Set once, under the mailbox lock, so that a
+    /// command is either queued before it (and dropped by `close`) or refused after it; read
+    /// without the lock by `is_closed`.
     closed: AtomicBool,
     closed_notify: Notify,
 }
@@ -159,7 +165,7 @@ impl Shared {
     /// Queues a command for the driver; `false` once the driver has stopped.
     pub(super) fn send(&self, command: Command) -> bool {
         let mut mailbox = lock(&self.mailbox);
-        if mailbox.closed {
+        if self.is_closed() {
             return false;
         }
         mailbox.queue.push_back(command);
@@ -194,7 +200,7 @@ impl Shared {
         let mut mailbox = lock(&self.mailbox);
         mailbox.members.last_id += 1;
         let id = ConsumerId(mailbox.members.last_id);
-        if mailbox.closed {
+        if self.is_closed() {
             return id;
         }
         mailbox.members.registered.insert(id);
@@ -210,7 +216,7 @@ impl Shared {
         if !mailbox.members.registered.remove(&id) {
             return false;
         }
-        if !mailbox.closed {
+        if !self.is_closed() {
             mailbox.queue.push_back(Command::Unregister(id));
         }
         drop(mailbox);
@@ -263,7 +269,6 @@ impl Shared {
         let dropped = {
             // Under the mailbox lock, so that `subscribe` either sees `closed` or gets `Closed`.
             let mut mailbox = lock(&self.mailbox);
-            mailbox.closed = true;
             let members = std::mem::take(&mut mailbox.members.registered);
             self.emit(|| Event::Closed);
             self.closed.store(true, Ordering::Release);
@@ -285,7 +290,7 @@ impl Shared {
 
     pub(super) fn subscribe(&self) -> Events {
         let mailbox = lock(&self.mailbox);
-        if mailbox.closed {
+        if self.is_closed() {
             return Events::closed();
         }
         let tx = self
