@@ -1,5 +1,6 @@
 //! Receiving tokens: the [`TokenConsumer`] trait an SDK client implements.
 
+use crate::caught::Caught;
 use crate::{AccessToken, GrantKind};
 use async_trait::async_trait;
 use std::error::Error;
@@ -96,7 +97,8 @@ pub trait TokenConsumer: Send + Sync + 'static {
 /// ```
 pub struct ConsumerError {
     code: Option<u32>,
-    source: Box<dyn Error + Send + Sync>,
+    /// The app's error: its `Drop` is the app's code, so it is dropped with any panic caught.
+    source: Caught<Box<dyn Error + Send + Sync>>,
 }
 
 impl ConsumerError {
@@ -135,7 +137,7 @@ impl ConsumerError {
     pub fn new(err: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
         ConsumerError {
             code: None,
-            source: err.into(),
+            source: Caught::new(err.into()),
         }
     }
 
@@ -153,7 +155,7 @@ impl ConsumerError {
     pub fn rejected(code: u32, err: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
         ConsumerError {
             code: Some(code),
-            source: err.into(),
+            source: Caught::new(err.into()),
         }
     }
 
@@ -174,14 +176,14 @@ impl fmt::Debug for ConsumerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConsumerError")
             .field("code", &self.code)
-            .field("source", &self.source)
+            .field("source", &*self.source)
             .finish()
     }
 }
 
 impl fmt::Display for ConsumerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.source, f)?;
+        fmt::Display::fmt(&*self.source, f)?;
         if let Some(code) = self.code {
             write!(f, " (refused by the service: Twilio error {code})")?;
         }
@@ -191,7 +193,7 @@ impl fmt::Display for ConsumerError {
 
 impl Error for ConsumerError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
-        Some(&*self.source)
+        Some(&**self.source)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Getting new tokens: the [`TokenFetcher`] plugin the app implements, and what the manager tells it.
 
+use crate::caught::Caught;
 use crate::AccessToken;
 use async_trait::async_trait;
 use std::error::Error;
@@ -266,7 +267,8 @@ impl FetchRequest {
 pub struct FetchError {
     permanent: bool,
     retry_after: Option<Duration>,
-    source: Box<dyn Error + Send + Sync>,
+    /// The app's error: its `Drop` is the app's code, so it is dropped with any panic caught.
+    source: Caught<Box<dyn Error + Send + Sync>>,
 }
 
 impl FetchError {
@@ -302,7 +304,7 @@ impl FetchError {
         FetchError {
             permanent: false,
             retry_after: None,
-            source: err.into(),
+            source: Caught::new(err.into()),
         }
     }
 
@@ -330,7 +332,7 @@ impl FetchError {
         FetchError {
             permanent: true,
             retry_after: None,
-            source: err.into(),
+            source: Caught::new(err.into()),
         }
     }
 
@@ -396,14 +398,14 @@ impl fmt::Debug for FetchError {
         f.debug_struct("FetchError")
             .field("permanent", &self.permanent)
             .field("retry_after", &self.retry_after)
-            .field("source", &self.source)
+            .field("source", &*self.source)
             .finish()
     }
 }
 
 impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.source, f)?;
+        fmt::Display::fmt(&*self.source, f)?;
         if self.permanent {
             f.write_str(" (permanent: no automatic retry)")?;
         }
@@ -413,7 +415,7 @@ impl fmt::Display for FetchError {
 
 impl Error for FetchError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
-        Some(&*self.source)
+        Some(&**self.source)
     }
 }
 

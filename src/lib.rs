@@ -201,6 +201,7 @@ pub use token::{
 };
 
 mod backoff;
+mod caught;
 mod consumer;
 mod event;
 mod fetcher;

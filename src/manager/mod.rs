@@ -83,8 +83,8 @@
 //! 18. A spacing wait only guards a token that is still valid: once the wall clock says the token
 //!     expired, fetching starts at once (after a wake, within one slice; at once on `resume()`).
 //! 19. No event, queue or buffer keeps a replaced token.
-//! 20. Dropping user code (a timed-out call, a fetcher, a consumer) never closes the manager, even
-//!     when its `Drop` panics.
+//! 20. Dropping user code (a timed-out call, a fetcher, a consumer, the error a plugin returned)
+//!     never closes the manager, even when its `Drop` panics.
 
 mod builder;
 mod call;

@@ -417,3 +417,99 @@ async fn shutdown_returns_when_both_the_fetch_in_flight_and_the_fetcher_panic_wh
     manager.shutdown().await;
     assert!(manager.is_closed());
 }
+
+/// An error whose `Drop` panics: what a plugin hands back is user code too.
+#[derive(Debug)]
+struct ErrorPanickingWhenDropped;
+impl std::fmt::Display for ErrorPanickingWhenDropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an error that panics when dropped")
+    }
+}
+impl std::error::Error for ErrorPanickingWhenDropped {}
+impl Drop for ErrorPanickingWhenDropped {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("the error panics when dropped");
+        }
+    }
+}
+
+struct FailingWithAPanickyError;
+#[async_trait]
+impl TokenConsumer for FailingWithAPanickyError {
+    fn name(&self) -> &str {
+        "panicky"
+    }
+    async fn update_token(&self, _token: &AccessToken) -> Result<(), ConsumerError> {
+        Err(ConsumerError::new(ErrorPanickingWhenDropped))
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_consumer_error_that_panics_when_dropped_leaves_the_manager_open() {
+    let clock = clock();
+    let manager = manager_holding(&clock, &mint("alice", T0, 3600));
+    let mut events = manager.subscribe();
+    let panicky = Arc::new(FailingWithAPanickyError);
+    manager.register(&panicky);
+    settle().await; // the held token's delivery failed; nobody waits for its report
+    assert!(
+        !manager.is_closed(),
+        "dropping the consumer's error closed the manager"
+    );
+    assert_eq!(
+        consumer_failures(&drain(&mut events).await),
+        [(
+            "panicky".to_string(),
+            "an error that panics when dropped".to_string()
+        )]
+    );
+    // The app reads a report carrying one, and drops it.
+    let report = manager
+        .update_token(mint("alice", T0 + 1, 3600))
+        .await
+        .unwrap();
+    assert_eq!(report.failed().count(), 1);
+    drop(report);
+    // An update nobody waits for: its report is dropped by the manager.
+    drop(manager.update_token(mint("alice", T0 + 2, 3600)));
+    settle().await;
+    assert!(!manager.is_closed());
+    let chat = Recorder::new("chat", Mode::Accept);
+    manager.register(&chat);
+    chat.wait_calls(1).await;
+}
+
+struct FetcherFailingWithAPanickyError;
+#[async_trait]
+impl TokenFetcher for FetcherFailingWithAPanickyError {
+    async fn fetch_token(&self, _request: FetchRequest) -> Result<String, FetchError> {
+        Err(FetchError::transient(ErrorPanickingWhenDropped))
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_fetch_error_that_panics_when_dropped_leaves_the_manager_open() {
+    let clock = clock();
+    let (manager, mut events) = AccessManager::builder()
+        .clock(clock.clone())
+        .fetcher(FetcherFailingWithAPanickyError)
+        .build_with_events()
+        .unwrap();
+    settle().await; // the initial fetch failed
+    assert!(
+        !manager.is_closed(),
+        "dropping the fetcher's error closed the manager"
+    );
+    match next(&mut events).await {
+        Event::RefreshFailed { error, .. } => {
+            assert!(error.contains("panics when dropped"), "{error}")
+        }
+        other => panic!("expected RefreshFailed, got {other:?}"),
+    }
+    // A caller that gets the error and drops it.
+    let err = manager.refresh().await.unwrap_err();
+    drop(err);
+    manager.update_token(mint("alice", T0, 3600)).await.unwrap();
+}
