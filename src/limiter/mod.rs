@@ -534,7 +534,7 @@ impl Member {
 /// A manager's filed refresh deadline.
 struct Ticket {
     inner: Arc<Inner>,
-    key: (SystemTime, u64),
+    key: state::Key,
 }
 
 impl Ticket {
@@ -563,7 +563,7 @@ pub(crate) struct Acquire {
     inner: Arc<Inner>,
     deadline: SystemTime,
     /// Set while it waits.
-    key: Option<(SystemTime, u64)>,
+    key: Option<state::Key>,
 }
 
 impl Future for Acquire {

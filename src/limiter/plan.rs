@@ -15,8 +15,10 @@ pub(super) struct Capacity {
     pub(super) duration: Duration,
 }
 
-/// The latest starts of refreshes whose deadlines are `deadlines`, sorted ascending; the result is
-/// in the same order and ascending too, so the refreshes due at any instant are a prefix.
+/// The latest starts of refreshes whose deadlines are `deadlines`, ascending (given as an
+/// iterator the plan walks from the last); the result is in the same order and ascending too,
+/// so the refreshes due at any instant are a prefix. Instants are [`nanos`]: a turn runs over
+/// every ticket, and plain integers keep it cheap (`SystemTime` arithmetic took most of a turn).
 ///
 /// Scheduling backwards in deadline order: refresh `i` (of `n`) must finish by its deadline, the
 /// refresh `slots` places after it in deadline order must be able to start once it finished (they
@@ -25,26 +27,41 @@ pub(super) struct Capacity {
 /// is the latest feasible schedule: starting each refresh at `L[i]` never runs more than `slots`
 /// at once and finishes each by its deadline, and no refresh can start later without another
 /// missing its deadline.
-pub(super) fn latest_starts(deadlines: &[SystemTime], capacity: Capacity) -> Vec<SystemTime> {
+pub(super) fn latest_starts<I>(deadlines: I, capacity: Capacity) -> Vec<u64>
+where
+    I: DoubleEndedIterator<Item = u64> + ExactSizeIterator,
+{
     let n = deadlines.len();
     let slots = capacity.slots.max(1);
-    let mut starts = vec![UNIX_EPOCH; n];
-    for i in (0..n).rev() {
-        let mut latest = before(deadlines[i], capacity.duration);
+    let duration = duration_nanos(capacity.duration);
+    let spacing = duration_nanos(capacity.spacing);
+    let mut starts = vec![0u64; n];
+    for (i, deadline) in (0..n).rev().zip(deadlines.rev()) {
+        let mut latest = deadline.saturating_sub(duration);
         if let Some(&later) = starts.get(i + slots) {
-            latest = latest.min(before(later, capacity.duration));
+            latest = latest.min(later.saturating_sub(duration));
         }
         if let Some(&next) = starts.get(i + 1) {
-            latest = latest.min(before(next, capacity.spacing));
+            latest = latest.min(next.saturating_sub(spacing));
         }
         starts[i] = latest;
     }
     starts
 }
 
-/// `t - d`, or the epoch when that would precede it.
-fn before(t: SystemTime, d: Duration) -> SystemTime {
-    t.checked_sub(d).unwrap_or(UNIX_EPOCH).max(UNIX_EPOCH)
+/// `t` in nanoseconds since the epoch: an instant before it counts as the epoch, one past 2554
+/// as 2554.
+pub(super) fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, duration_nanos)
+}
+
+/// The instant `nanos` nanoseconds after the epoch.
+pub(super) fn instant(nanos: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(nanos)
+}
+
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -55,11 +72,8 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(s)
     }
 
-    fn secs(starts: &[SystemTime]) -> Vec<u64> {
-        starts
-            .iter()
-            .map(|s| s.duration_since(UNIX_EPOCH).unwrap().as_secs())
-            .collect()
+    fn secs(starts: &[u64]) -> Vec<u64> {
+        starts.iter().map(|s| s / 1_000_000_000).collect()
     }
 
     fn capacity(slots: usize, spacing: u64, duration: u64) -> Capacity {
@@ -72,13 +86,16 @@ mod tests {
 
     #[test]
     fn refreshes_with_room_start_one_fetch_before_their_deadline() {
-        let starts = latest_starts(&[t(100), t(200), t(300)], capacity(4, 0, 2));
+        let starts = latest_starts(
+            [t(100), t(200), t(300)].map(nanos).into_iter(),
+            capacity(4, 0, 2),
+        );
         assert_eq!(secs(&starts), [98, 198, 298]);
     }
 
     #[test]
     fn refreshes_sharing_a_deadline_are_stacked_back_by_slots() {
-        let starts = latest_starts(&[t(1000); 5], capacity(2, 0, 10));
+        let starts = latest_starts([t(1000); 5].map(nanos).into_iter(), capacity(2, 0, 10));
         // The last two finish at the deadline, the two before them 10 s earlier, the first 10 s
         // before those.
         assert_eq!(secs(&starts), [970, 980, 980, 990, 990]);
@@ -86,19 +103,22 @@ mod tests {
 
     #[test]
     fn a_rate_spaces_the_starts_back_from_the_deadline() {
-        let starts = latest_starts(&[t(1000); 4], capacity(10, 5, 1));
+        let starts = latest_starts([t(1000); 4].map(nanos).into_iter(), capacity(10, 5, 1));
         assert_eq!(secs(&starts), [984, 989, 994, 999]);
     }
 
     #[test]
     fn an_infeasible_plan_starts_at_the_epoch_rather_than_overflowing() {
-        let starts = latest_starts(&[t(5); 3], capacity(1, 0, 10));
+        let starts = latest_starts([t(5); 3].map(nanos).into_iter(), capacity(1, 0, 10));
         assert_eq!(secs(&starts), [0, 0, 0]);
     }
 
     /// Runs the plan forwards: each refresh starting at its latest start and taking `duration`.
     fn check_feasible(deadlines: &[SystemTime], capacity: Capacity) {
-        let starts = latest_starts(deadlines, capacity);
+        let starts: Vec<SystemTime> = latest_starts(deadlines.iter().map(|&d| nanos(d)), capacity)
+            .into_iter()
+            .map(instant)
+            .collect();
         assert!(starts.windows(2).all(|w| w[0] <= w[1]), "starts not sorted");
         for (i, (&start, &deadline)) in starts.iter().zip(deadlines).enumerate() {
             assert!(start + capacity.duration <= deadline, "refresh {i} late");
@@ -137,7 +157,7 @@ mod tests {
     #[test]
     fn no_refresh_can_start_later_without_another_missing_its_deadline() {
         // 7 refreshes, 2 slots, 10 s each, all due at 100: the first must start by 60.
-        let starts = latest_starts(&[t(100); 7], capacity(2, 0, 10));
+        let starts = latest_starts([t(100); 7].map(nanos).into_iter(), capacity(2, 0, 10));
         assert_eq!(secs(&starts)[0], 60);
         // Starting the first at 61 leaves 3 more rounds of 10 s for 6 refreshes on 2 slots
         // after it: the last ones would end at 101.

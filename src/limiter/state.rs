@@ -3,7 +3,7 @@
 //! its push-backs and the fetch durations observed. Every method does bounded work and runs no user code; wakers are
 //! returned, to be woken after the lock is released.
 
-use super::plan::{latest_starts, Capacity};
+use super::plan::{instant, latest_starts, nanos, Capacity};
 use crate::clock::saturating_add;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::task::Waker;
@@ -22,6 +22,10 @@ pub(super) const QUIET_PERIOD: Duration = Duration::from_secs(30);
 
 /// How many recent fetch durations the estimate is drawn from.
 const DURATIONS_KEPT: usize = 64;
+
+/// A ticket's or a waiting fetch's place: its deadline (in [`nanos`]) and an id, so that equal
+/// deadlines go in the order they came.
+pub(super) type Key = (u64, u64);
 
 /// What the limiter was told about the backend.
 #[derive(Debug, Clone, Copy)]
@@ -77,10 +81,10 @@ pub(crate) enum Outcome {
 #[derive(Debug)]
 pub(super) struct State {
     pub(super) config: Config,
-    /// Refreshes waiting for their planned start, by (deadline, id), with their manager's waker.
-    tickets: BTreeMap<(SystemTime, u64), Option<Waker>>,
-    /// Fetches waiting for a slot, by (deadline, id): earliest deadline first.
-    waiters: BTreeMap<(SystemTime, u64), Option<Waker>>,
+    /// Refreshes waiting for their planned start, with their manager's waker.
+    tickets: BTreeMap<Key, Option<Waker>>,
+    /// Fetches waiting for a slot: earliest deadline first.
+    waiters: BTreeMap<Key, Option<Waker>>,
     /// Fetches given a slot that have not taken it yet.
     granted: HashSet<u64>,
     next_id: u64,
@@ -171,14 +175,14 @@ impl State {
     }
 
     /// Files a refresh due by `deadline`; returns its key.
-    pub(super) fn file(&mut self, deadline: SystemTime) -> (SystemTime, u64) {
-        let key = (deadline, self.new_id());
+    pub(super) fn file(&mut self, deadline: SystemTime) -> Key {
+        let key = (nanos(deadline), self.new_id());
         self.tickets.insert(key, None);
         key
     }
 
     /// `Some(true)` once the plan says the ticket's refresh starts; else keeps `waker`.
-    pub(super) fn poll_ticket(&mut self, key: (SystemTime, u64), waker: &Waker) -> bool {
+    pub(super) fn poll_ticket(&mut self, key: Key, waker: &Waker) -> bool {
         match self.tickets.get_mut(&key) {
             None => true,
             Some(slot) => {
@@ -191,7 +195,7 @@ impl State {
     }
 
     /// Forgets a ticket (its token was replaced, or its manager stopped planning a fetch).
-    pub(super) fn drop_ticket(&mut self, key: (SystemTime, u64)) -> Option<Waker> {
+    pub(super) fn drop_ticket(&mut self, key: Key) -> Option<Waker> {
         self.tickets.remove(&key).flatten()
     }
 
@@ -209,15 +213,15 @@ impl State {
     }
 
     /// A fetch due by `deadline` asks for a slot; returns its id.
-    pub(super) fn wait_for_slot(&mut self, deadline: SystemTime) -> (SystemTime, u64) {
-        let key = (deadline, self.new_id());
+    pub(super) fn wait_for_slot(&mut self, deadline: SystemTime) -> Key {
+        let key = (nanos(deadline), self.new_id());
         self.waiters.insert(key, None);
         key
     }
 
     /// Once the fetch was granted a slot, it takes it and goes out: how many fetches run then,
     /// itself included (the slots taken); else keeps `waker`.
-    pub(super) fn poll_slot(&mut self, key: (SystemTime, u64), waker: &Waker) -> Option<usize> {
+    pub(super) fn poll_slot(&mut self, key: Key, waker: &Waker) -> Option<usize> {
         if self.granted.remove(&key.1) {
             return Some(self.in_flight - self.granted.len());
         }
@@ -233,7 +237,7 @@ impl State {
     /// one it never took.
     pub(super) fn stop_waiting(
         &mut self,
-        key: (SystemTime, u64),
+        key: Key,
         now: SystemTime,
     ) -> (Option<Waker>, Vec<Waker>) {
         let own = self.waiters.remove(&key).flatten();
@@ -351,9 +355,9 @@ impl State {
             self.task = Task::Stopped;
             return (Vec::new(), Next::Exit);
         }
-        let deadlines: Vec<SystemTime> = self.tickets.keys().map(|&(d, _)| d).collect();
-        let starts = latest_starts(&deadlines, self.capacity(now));
-        let due = starts.iter().take_while(|&&start| start <= now).count();
+        let deadlines = self.tickets.keys().map(|&(deadline, _)| deadline);
+        let starts = latest_starts(deadlines, self.capacity(now));
+        let due = starts.partition_point(|&start| start <= nanos(now));
         let mut wakers: Vec<Waker> = (0..due)
             .filter_map(|_| self.tickets.pop_first().and_then(|(_, w)| w))
             .collect();
@@ -364,7 +368,7 @@ impl State {
             self.blocked_until(now)
                 .map(|until| until.duration_since(now).unwrap_or_default())
         };
-        let plan = starts.get(due).copied();
+        let plan = starts.get(due).map(|&start| instant(start));
         (wakers, Next::Wait { plan, grant })
     }
 }
