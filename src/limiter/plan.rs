@@ -17,7 +17,7 @@ pub(super) struct Capacity {
 
 /// The latest starts of refreshes whose deadlines are `deadlines`, ascending (given as an
 /// iterator the plan walks from the last); the result is in the same order and ascending too,
-/// so the refreshes due at any instant are a prefix. Instants are [`nanos`]: a turn runs over
+/// so the refreshes due at any instant are a prefix. Instants are [`nanos`]: a turn may run over
 /// every ticket, and plain integers keep it cheap (`SystemTime` arithmetic took most of a turn).
 ///
 /// Scheduling backwards in deadline order: refresh `i` (of `n`) must finish by its deadline, the
@@ -47,6 +47,84 @@ where
         starts[i] = latest;
     }
     starts
+}
+
+/// How many of the refreshes whose deadlines are `deadlines` (ascending) are due at `now`, and the
+/// next planned start after those: what [`latest_starts`] of them all says, read from the first
+/// tickets only when the others cannot matter.
+///
+/// `L[i]` unrolled is the least, over every later refresh `j`, of `D[j] - d` less the longest
+/// chain of starts from `i` to `j` ([`reach`]), so tickets whose deadlines lie beyond every chain
+/// the plan can form cannot move the first starts: the latest starts of the first `m` tickets
+/// alone are exact up to the first one after `now` when that one is no later than `D[m] - d -
+/// reach(n - 1)`. The window starts with the tickets due by `now + d + reach(n - 1)` (the fewest
+/// that can pass that test) and doubles until it passes, or holds every ticket. Without a rate
+/// it is the next few minutes of tickets; when that horizon spans half of the deadlines or more
+/// (a rate near the load), the whole plan is computed at once.
+pub(super) fn due<I>(deadlines: I, capacity: Capacity, now: u64) -> (usize, Option<u64>)
+where
+    I: DoubleEndedIterator<Item = u64> + ExactSizeIterator + Clone,
+{
+    let n = deadlines.len();
+    let duration = duration_nanos(capacity.duration);
+    let longest = reach(n.saturating_sub(1), capacity);
+    let horizon = now.saturating_add(duration).saturating_add(longest);
+    let (Some(first), Some(last)) = (deadlines.clone().next(), deadlines.clone().next_back())
+    else {
+        return (0, None);
+    };
+    if horizon >= first + (last - first) / 2 {
+        return first_due(&latest_starts(deadlines, capacity), now);
+    }
+    let mut deadlines = deadlines;
+    let mut window = Vec::new();
+    let mut beyond = None;
+    for deadline in deadlines.by_ref() {
+        if deadline > horizon && !window.is_empty() {
+            beyond = Some(deadline);
+            break;
+        }
+        window.push(deadline);
+    }
+    loop {
+        let (due, next) = first_due(&latest_starts(window.iter().copied(), capacity), now);
+        let Some(first_left_out) = beyond else {
+            return (due, next);
+        };
+        let bound = first_left_out
+            .saturating_sub(duration)
+            .saturating_sub(longest);
+        if next.is_some_and(|next| next <= bound) {
+            return (due, next);
+        }
+        let more = window.len();
+        window.push(first_left_out);
+        window.extend(deadlines.by_ref().take(more - 1));
+        beyond = deadlines.next();
+    }
+}
+
+/// How many of `starts` (ascending) are at or before `now`, and the first one after.
+fn first_due(starts: &[u64], now: u64) -> (usize, Option<u64>) {
+    let due = starts.partition_point(|&start| start <= now);
+    (due, starts.get(due).copied())
+}
+
+/// The most the plan's chains of starts can push a start back over `k` places in deadline order:
+/// a step `slots` places on costs a fetch's duration, a step one place on costs the spacing, and
+/// the dearer of the two per place is taken wherever it fits.
+fn reach(k: usize, capacity: Capacity) -> u64 {
+    let slots = capacity.slots.max(1) as u64;
+    let duration = duration_nanos(capacity.duration);
+    let spacing = duration_nanos(capacity.spacing);
+    let k = k as u64;
+    if duration >= spacing.saturating_mul(slots) {
+        (k / slots)
+            .saturating_mul(duration)
+            .saturating_add((k % slots).saturating_mul(spacing))
+    } else {
+        k.saturating_mul(spacing)
+    }
 }
 
 /// `t` in nanoseconds since the epoch: an instant before it counts as the epoch, one past 2554
@@ -161,5 +239,31 @@ mod tests {
         assert_eq!(secs(&starts)[0], 60);
         // Starting the first at 61 leaves 3 more rounds of 10 s for 6 refreshes on 2 slots
         // after it: the last ones would end at 101.
+    }
+
+    #[test]
+    fn the_due_refreshes_read_from_the_first_tickets_are_those_of_the_whole_plan() {
+        let mut x = 987_654_321u64;
+        let mut draw = |below: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % below
+        };
+        for case in 0..300 {
+            let n = 1 + draw(400) as usize;
+            let spread = 1 + draw(5_000);
+            let mut deadlines: Vec<u64> = (0..n).map(|_| nanos(t(10_000 + draw(spread)))).collect();
+            deadlines.sort_unstable();
+            let capacity = capacity(1 + draw(8) as usize, draw(3), 1 + draw(6));
+            let now = nanos(t(9_000 + draw(spread + 2_000)));
+            let starts = latest_starts(deadlines.iter().copied(), capacity);
+            let whole = starts.partition_point(|&start| start <= now);
+            assert_eq!(
+                due(deadlines.iter().copied(), capacity, now),
+                (whole, starts.get(whole).copied()),
+                "case {case}: {capacity:?}"
+            );
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! its push-backs and the fetch durations observed. Every method does bounded work and runs no user code; wakers are
 //! returned, to be woken after the lock is released.
 
-use super::plan::{instant, latest_starts, nanos, Capacity};
+use super::plan::{self, instant, nanos, Capacity};
 use crate::clock::saturating_add;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::task::Waker;
@@ -356,8 +356,7 @@ impl State {
             return (Vec::new(), Next::Exit);
         }
         let deadlines = self.tickets.keys().map(|&(deadline, _)| deadline);
-        let starts = latest_starts(deadlines, self.capacity(now));
-        let due = starts.partition_point(|&start| start <= nanos(now));
+        let (due, next) = plan::due(deadlines, self.capacity(now), nanos(now));
         let mut wakers: Vec<Waker> = (0..due)
             .filter_map(|_| self.tickets.pop_first().and_then(|(_, w)| w))
             .collect();
@@ -368,7 +367,7 @@ impl State {
             self.blocked_until(now)
                 .map(|until| until.duration_since(now).unwrap_or_default())
         };
-        let plan = starts.get(due).map(|&start| instant(start));
+        let plan = next.map(instant);
         (wakers, Next::Wait { plan, grant })
     }
 }
