@@ -1,7 +1,7 @@
 //! The limiter's state, behind its one lock: the refreshes waiting for their planned start
-//! (tickets), the fetches waiting for a slot, the slots in use, the backend's ceiling learned from
-//! its push-backs and the fetch durations observed. Every method does bounded work and runs no user code; wakers are
-//! returned, to be woken after the lock is released.
+//! (tickets), the fetches waiting for a slot, the slots in use, the backend's ceiling learned
+//! from its push-backs and the fetch durations observed. Every method does bounded work and runs
+//! no user code; wakers are returned, to be woken after the lock is released.
 
 use super::plan::{self, instant, nanos, Capacity};
 use crate::clock::saturating_add;
