@@ -1,6 +1,7 @@
 //! A `FetchLimiter` shared by many managers: refreshes planned back from their deadlines, slots
-//! given earliest deadline first, the fetch duration learned, the rate kept, the whole group slowed
-//! by a backend pushing back, and no slot or ticket left behind.
+//! given earliest deadline first, the fetch duration learned, the rate kept, the whole group paused
+//! by a backend pushing back and held below the ceiling it showed until quiet periods give slots
+//! back, and no slot or ticket left behind.
 
 use crate::common::*;
 use crate::scale::sim;
