@@ -265,8 +265,9 @@ async fn storms(managers: usize) {
     let fits = pushed.fits_after_throttle(32, Duration::from_secs(2));
     println!(
         "goal 4 (push-back): backend throttling above 32: {}/{} before expiry, {}/{} by deadline; what fits once \
-         the backend first pushed back (exp{:+.0} s), at 32 x 2 s until expiry: {fits} ({:.0} % of it refreshed); \
-         {} fetches throttled, all seen by the group: {}",
+         the backend first pushed back (exp{:+.0} s): {} answered by then + {} running then + 32 x {} rounds of 2 s \
+         ending before expiry = {} ({:.1} % of it refreshed); {} fetches throttled, {} push-backs seen by the \
+         limiter; everything that fits refreshed before expiry: {}",
         pushed.refreshed_in_time,
         managers,
         pushed.refreshed_by_deadline,
@@ -274,9 +275,14 @@ async fn storms(managers: usize) {
         pushed
             .first_throttled
             .map_or(0.0, |t| sim::storm::secs_from(pushed.expiry, t)),
-        pushed.refreshed_in_time as f64 * 100.0 / fits.max(1) as f64,
+        fits.done,
+        fits.running,
+        fits.rounds,
+        fits.total,
+        pushed.refreshed_in_time as f64 * 100.0 / fits.total.max(1) as f64,
         pushed.throttled,
-        verdict(pushed.refreshed_in_time >= fits)
+        pushed.pushbacks,
+        verdict(pushed.refreshed_in_time >= fits.total)
     );
 }
 

@@ -38,9 +38,16 @@ pub(crate) use state::Outcome;
 ///   any, [`initial_fetch_estimate`](FetchLimiterBuilder::initial_fetch_estimate), 5 s by
 ///   default); a fetch slower than planned only moves the next starts earlier.
 /// - **Push-back**: a fetch failing with a `Retry-After` ([`FetchError::with_retry_after`], which
-///   `HttpFetcher` sets on 429 and 503) pauses every manager of the group for that long and
-///   cuts the fetches allowed at once (and the rate with them) to three quarters, once per
-///   round; then each round of fetches answered gives one slot back, up to the full capacity.
+///   `HttpFetcher` sets on 429 and 503) pauses every manager of the group for that long, and
+///   tells the group where the backend's ceiling is: refused while `n` fetches ran (itself
+///   included), the group holds at `n - 1` fetches at once (at least 1; the refusals of one
+///   burst, in whatever order, leave the lowest), and the rate in step with the slots.
+/// - **Recovery**: the group stays below the ceiling until [`QUIET_PERIOD`](Self::QUIET_PERIOD)
+///   passes without a push-back, then tries one slot more; each further quiet period gives back
+///   twice as many as the one before (2, then 4, ...) up to `max_concurrent`, where the ceiling
+///   is forgotten. A refused try holds the group below the ceiling again and the quiet period
+///   starts over: against a backend that stays saturated, the group is refused about once a
+///   quiet period. A slot given back is used when a fetch next ends or asks for one.
 ///
 /// The plan's starts are wall-clock instants (deadlines are); the rate's spacing and a
 /// push-back's pause are elapsed time, which setting the wall clock back does not stretch.
@@ -214,6 +221,10 @@ impl FetchLimiter {
     /// a longer one is the clock jumping during the fetch, not a slow backend.
     pub const MAX_FETCH_ESTIMATE: Duration = state::MAX_FETCH_ESTIMATE;
 
+    /// How long the backend must go without pushing back before the group tries one slot above
+    /// the ceiling it learned; each further quiet period doubles the slots added.
+    pub const QUIET_PERIOD: Duration = state::QUIET_PERIOD;
+
     /// At most `max_concurrent` fetches at once, no rate, on the [`SystemClock`].
     ///
     /// ```
@@ -268,16 +279,40 @@ impl FetchLimiter {
     }
 
     /// The fetches allowed at once now: [`max_concurrent`](Self::max_concurrent), or fewer while
-    /// the group recovers from the backend pushing back.
+    /// the group holds below the ceiling the backend's push-backs taught it (see the policy on
+    /// [`FetchLimiter`]).
     ///
     /// ```
-    /// # use access_manager::FetchLimiter;
-    /// # use std::num::NonZeroUsize;
-    /// let limiter = FetchLimiter::new(NonZeroUsize::new(8).unwrap());
+    /// use access_manager::clock::ManualClock;
+    /// use access_manager::{fetcher_fn, AccessManager, FetchError, FetchLimiter};
+    /// use std::num::NonZeroUsize;
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    /// let limiter = FetchLimiter::builder(NonZeroUsize::new(8).unwrap()).clock(clock.clone()).build();
     /// assert_eq!(limiter.current_limit(), 8); // no push-back yet
+    /// // A backend that refuses every fetch for now.
+    /// let fetcher = fetcher_fn(|_| async {
+    ///     Err::<String, _>(FetchError::transient("503").with_retry_after(Duration::from_secs(1)))
+    /// });
+    /// let manager = AccessManager::builder()
+    ///     .clock(clock.clone())
+    ///     .fetcher(fetcher)
+    ///     .fetch_limiter(&limiter)
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(manager.refresh().await.is_err());
+    /// // Refused with one fetch running: the group holds at one at once…
+    /// assert_eq!((limiter.pushbacks(), limiter.current_limit()), (1, 1));
+    /// // …until a quiet period without push-back gives a slot back.
+    /// clock.advance(FetchLimiter::QUIET_PERIOD);
+    /// assert_eq!(limiter.current_limit(), 2);
+    /// # }
     /// ```
     pub fn current_limit(&self) -> usize {
-        self.inner.lock().slots()
+        let now = self.inner.clock.now();
+        self.inner.lock().slots(now)
     }
 
     /// Fetches holding a slot now.
@@ -373,11 +408,12 @@ impl FetchLimiter {
 
 impl fmt::Debug for FetchLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let now = self.inner.clock.now();
         let state = self.inner.lock();
         f.debug_struct("FetchLimiter")
             .field("max_concurrent", &state.config.max_concurrent)
             .field("rate", &state.config.rate)
-            .field("current_limit", &state.slots())
+            .field("current_limit", &state.slots(now))
             .field("in_flight", &state.in_flight)
             .field("waiting", &state.waiting())
             .field("planned", &state.tickets())
@@ -498,7 +534,7 @@ impl Member {
 /// A manager's filed refresh deadline.
 struct Ticket {
     inner: Arc<Inner>,
-    key: (SystemTime, u64),
+    key: state::Key,
 }
 
 impl Ticket {
@@ -527,7 +563,7 @@ pub(crate) struct Acquire {
     inner: Arc<Inner>,
     deadline: SystemTime,
     /// Set while it waits.
-    key: Option<(SystemTime, u64)>,
+    key: Option<state::Key>,
 }
 
 impl Future for Acquire {
@@ -545,19 +581,20 @@ impl Future for Acquire {
             }
         };
         this.key = Some(key);
-        let ready = state.poll_slot(key, cx.waker());
-        if !ready && state.waits_on_time(now) {
+        let running = state.poll_slot(key, cx.waker());
+        if running.is_none() && state.waits_on_time(now) {
             this.inner.kick(&mut state);
         }
         drop(state);
         wake(others);
-        if !ready {
+        let Some(running) = running else {
             return Poll::Pending;
-        }
+        };
         this.key = None;
         Poll::Ready(Slot {
             inner: this.inner.clone(),
             started: now,
+            running,
             outcome: None,
         })
     }
@@ -581,6 +618,9 @@ impl Drop for Acquire {
 pub(crate) struct Slot {
     inner: Arc<Inner>,
     started: SystemTime,
+    /// Fetches running when this one went out, itself included: a push-back says the backend's
+    /// ceiling is below it.
+    running: usize,
     outcome: Option<Outcome>,
 }
 
@@ -596,7 +636,7 @@ impl Drop for Slot {
         let now = self.inner.clock.now();
         let mut state = self.inner.lock();
         let estimate = state.estimate();
-        let wakers = state.release(self.started, self.outcome, now);
+        let wakers = state.release(self.started, self.running, self.outcome, now);
         let replan = state.estimate() > estimate
             || matches!(self.outcome, Some(Outcome::PushedBack(_)))
             || state.waits_on_time(now);

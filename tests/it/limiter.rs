@@ -1,6 +1,7 @@
 //! A `FetchLimiter` shared by many managers: refreshes planned back from their deadlines, slots
-//! given earliest deadline first, the fetch duration learned, the rate kept, the whole group slowed
-//! by a backend pushing back, and no slot or ticket left behind.
+//! given earliest deadline first, the fetch duration learned, the rate kept, the whole group paused
+//! by a backend pushing back and held below the ceiling it showed until quiet periods give slots
+//! back, and no slot or ticket left behind.
 
 use crate::common::*;
 use crate::scale::sim;
@@ -114,7 +115,7 @@ async fn a_push_back_pauses_the_whole_group_and_cuts_its_pace() {
         .answer(Err(FetchError::transient("429").with_retry_after(secs(30))));
     settle().await;
     assert_eq!(limiter.pushbacks(), 1);
-    assert_eq!(limiter.current_limit(), 3, "three quarters of 4");
+    assert_eq!(limiter.current_limit(), 1, "refused with one running");
     // Another manager of the group waits out the backend's Retry-After too.
     let _waiting = spawn_refresh(&other_manager);
     settle().await;
@@ -124,6 +125,132 @@ async fn a_push_back_pauses_the_whole_group_and_cuts_its_pace() {
     assert_eq!(other.made(), 0);
     clock.advance(secs(1));
     other.next().await.ok(mint("other", T0 + 30, 3600));
+}
+
+/// A group of `members` managers sharing a limiter of `slots` (deadlines far off): `running` of
+/// them fetch at once and the backend refuses the last to go out (429, `Retry-After: 1`) and
+/// answers the others; the refused manager is then shut down, so that nothing runs. The clock
+/// stands at the push-back.
+async fn pushed_back(
+    clock: &access_manager::clock::ManualClock,
+    slots: usize,
+    members: usize,
+    running: usize,
+) -> (FetchLimiter, Vec<AccessManager>, Vec<Calls>) {
+    let limiter = limiter(clock, slots);
+    let (mut managers, mut calls) = (Vec::new(), Vec::new());
+    for i in 0..members {
+        let (fetcher, made) = scripted();
+        managers.push(sharing(clock, &limiter, &format!("m{i}"), 5000, fetcher));
+        calls.push(made);
+    }
+    settle().await;
+    let mut held = Vec::new();
+    for (manager, made) in managers.iter().zip(&mut calls).take(running) {
+        let _refresh = spawn_refresh(manager);
+        held.push(made.next().await);
+    }
+    assert_eq!(limiter.in_flight(), running);
+    let refused = held.pop().unwrap();
+    refused.answer(Err(FetchError::transient("429").with_retry_after(secs(1))));
+    settle().await;
+    assert_eq!(limiter.pushbacks(), 1);
+    managers[running - 1].shutdown().await;
+    for (i, call) in held.into_iter().enumerate() {
+        call.ok(mint(&format!("m{i}"), T0, 7200));
+    }
+    settle().await;
+    assert_eq!(limiter.in_flight(), 0);
+    (limiter, managers, calls)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_push_back_holds_the_group_just_below_the_fetches_running_when_it_came() {
+    let clock = clock();
+    let (limiter, managers, mut calls) = pushed_back(&clock, 8, 10, 5).await;
+    assert_eq!(limiter.current_limit(), 4, "refused with 5 running");
+    // Once the pause is over, five more refreshes: four go out, the fifth waits for a slot.
+    clock.advance(secs(1));
+    let refreshes: Vec<_> = managers[5..].iter().map(spawn_refresh).collect();
+    settle().await;
+    assert_eq!((limiter.in_flight(), limiter.waiting()), (4, 1));
+    for (i, made) in calls[5..].iter_mut().enumerate() {
+        made.next()
+            .await
+            .ok(mint(&format!("m{}", i + 5), T0 + 1, 7200));
+    }
+    for refresh in refreshes {
+        refresh.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        limiter.peak(),
+        5,
+        "never more than 4 at once after the push-back"
+    );
+    // No climb back above the ceiling before a quiet period has passed.
+    clock.advance(FetchLimiter::QUIET_PERIOD - secs(2));
+    assert_eq!(limiter.current_limit(), 4);
+    clock.advance(secs(1));
+    assert_eq!(
+        limiter.current_limit(),
+        5,
+        "one slot above, after a quiet period"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn after_quiet_periods_without_push_back_the_group_recovers_its_full_capacity() {
+    let clock = clock();
+    let (limiter, _managers, _calls) = pushed_back(&clock, 8, 5, 5).await;
+    let mut limits = vec![limiter.current_limit()];
+    for _ in 0..4 {
+        clock.advance(FetchLimiter::QUIET_PERIOD);
+        limits.push(limiter.current_limit());
+    }
+    // One slot above the ceiling, then two more, then four: back to all 8.
+    assert_eq!(limits, [4, 5, 7, 8, 8]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_probe_holds_the_group_at_the_ceiling_again() {
+    let clock = clock();
+    let (limiter, managers, mut calls) = pushed_back(&clock, 8, 10, 5).await;
+    clock.advance(FetchLimiter::QUIET_PERIOD);
+    assert_eq!(limiter.current_limit(), 5);
+    // The probe: five at once again, and the backend refuses the fifth again.
+    let mut held = Vec::new();
+    for (manager, made) in managers[5..].iter().zip(&mut calls[5..]) {
+        let _refresh = spawn_refresh(manager);
+        held.push(made.next().await);
+    }
+    held.pop()
+        .unwrap()
+        .answer(Err(FetchError::transient("429").with_retry_after(secs(1))));
+    settle().await;
+    assert_eq!(limiter.current_limit(), 4);
+    // The quiet period starts again from the refused probe.
+    clock.advance(FetchLimiter::QUIET_PERIOD - secs(1));
+    assert_eq!(limiter.current_limit(), 4);
+    drop(held);
+}
+
+#[test]
+fn a_group_that_learns_the_backends_ceiling_refreshes_everything_that_fits() {
+    // A lead of 10 s: 1 040 refreshes at the 32 the backend takes do not all fit. Planned with the
+    // initial 5 s estimate, 16 go first; the other 1 024 are planned with the 2 s learned, at 64,
+    // so the backend first pushes back 32 s before the deadline.
+    let mut config = storm::Config::new(1_040).limit(64).throttle_above(32);
+    config.refresh_ahead = secs(10);
+    let r = sim::runtime().block_on(storm::run(&config));
+    let fits = r.fits_after_throttle(32, secs(2));
+    assert!(fits.total < 1_040, "{fits:?}");
+    assert!(
+        r.refreshed_in_time >= fits.total,
+        "{} refreshed before expiry, {fits:?} fit; {} throttled",
+        r.refreshed_in_time,
+        r.throttled
+    );
+    assert!(r.peak <= 33, "peak {}", r.peak);
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -117,16 +117,40 @@ impl Report {
     }
 
     /// The most refreshes that could end before expiry once the backend first throttled, had the
-    /// group known its limit from then on: those answered by then, and `limit` fetches at once
-    /// until expiry.
-    pub fn fits_after_throttle(&self, limit: usize, fetch_time: Duration) -> usize {
+    /// group known its limit from then on (see [`Fits`]).
+    pub fn fits_after_throttle(&self, limit: usize, fetch_time: Duration) -> Fits {
         let Some(first) = self.first_throttled else {
-            return self.managers;
+            return Fits {
+                done: self.managers,
+                running: 0,
+                rounds: 0,
+                total: self.managers,
+            };
         };
         let done = self.answers.iter().filter(|&&t| t <= first).count();
-        let left = self.expiry.duration_since(first).unwrap_or_default();
-        let rounds = (left.as_secs_f64() / fetch_time.as_secs_f64()).floor() as usize;
-        (done + rounds * limit).min(self.managers)
+        // Fetches take `fetch_time` > 0: those started before `first` and not answered by then
+        // were running at `first`.
+        let started_before = self.ok_starts.iter().filter(|&&t| t < first).count();
+        let running = started_before.saturating_sub(done).min(limit);
+        // Back-to-back fetches from `first` end at `first + k * fetch_time`, k >= 1; those before
+        // expiry are the k with `k * fetch_time < left`.
+        let left = self
+            .expiry
+            .duration_since(first)
+            .unwrap_or_default()
+            .as_nanos();
+        let rounds = left.saturating_sub(1) / fetch_time.as_nanos().max(1);
+        let rounds = usize::try_from(rounds).unwrap_or(usize::MAX);
+        let total = done
+            .saturating_add(running)
+            .saturating_add(rounds.saturating_mul(limit))
+            .min(self.managers);
+        Fits {
+            done,
+            running,
+            rounds,
+            total,
+        }
     }
 
     /// How long after the clock's start the last answer came (a cold start's length), in s.
@@ -145,6 +169,19 @@ impl Report {
         leads.sort_by(f64::total_cmp);
         leads
     }
+}
+
+/// What fits once the backend first pushed back: the refreshes answered by then (`done`); on each
+/// slot, one more for a fetch already running then (`running`); and `rounds` of `limit` fetches
+/// at once, back to back from the first push-back, that end before expiry. "Before expiry" is
+/// counted as `refreshed_in_time` counts it: a token answered at the expiry instant is late.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fits {
+    pub done: usize,
+    pub running: usize,
+    pub rounds: usize,
+    /// `done + running + rounds * limit`, at most the managers.
+    pub total: usize,
 }
 
 /// `t - from` in seconds, negative when `t` is earlier.
