@@ -321,3 +321,11 @@ fn regression_seed_127_setting_the_clock_back_does_not_stretch_the_limiters_rate
 fn regression_seed_325_the_limiters_task_ends_when_its_last_slot_is_freed() {
     replay(325, DEFAULT_STEPS);
 }
+
+/// A not-yet-valid token the manager refused and a valid one fetched in the same second look
+/// alike to an event (same identity, issue and expiry times): the simulation took the refused one
+/// for the token that became current.
+#[test]
+fn regression_seed_592_a_refused_look_alike_is_not_taken_for_the_token_installed() {
+    replay(592, DEFAULT_STEPS);
+}

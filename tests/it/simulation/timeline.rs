@@ -185,11 +185,26 @@ impl World {
                         .as_deref()
                         .is_some_and(|t| !self.installed_texts.contains(t))
                 };
+                // Two fetches that end in the same second can bring tokens the event cannot tell
+                // apart although one is not yet valid: the one the manager could take is it.
                 let from = self.fetch_matched.min(calls.len());
-                match calls[from..].iter().position(|c| fresh(c) && of(c)) {
-                    Some(at) => {
-                        self.fetch_matched = from + at + 1;
-                        Some(calls[from + at].clone())
+                let valid = |c: &FetchCall| {
+                    c.returned
+                        .as_deref()
+                        .and_then(|t| AccessToken::parse(t).ok())
+                        .is_some_and(|t| t.validate_at(now).is_ok())
+                };
+                let candidates: Vec<usize> = (from..calls.len())
+                    .filter(|&i| fresh(&calls[i]) && of(&calls[i]))
+                    .collect();
+                let chosen = candidates
+                    .iter()
+                    .find(|&&i| valid(&calls[i]))
+                    .or(candidates.first());
+                match chosen {
+                    Some(&at) => {
+                        self.fetch_matched = at + 1;
+                        Some(calls[at].clone())
                     }
                     None => calls.iter().rev().find(|c| of(c)).cloned(),
                 }
