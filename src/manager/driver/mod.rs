@@ -469,9 +469,12 @@ impl Driver {
             expires_unix = token.exp_secs(),
             "token updated"
         );
-        let updated = TokenInfo::of(&token, self.generation);
         self.fanout.announce_sign_out(&self.shared);
-        self.shared.emit(|| Event::TokenUpdated { token: updated });
+        // Made only for subscribers: without any, an update builds no `TokenInfo`.
+        let generation = self.generation;
+        self.shared.emit(|| Event::TokenUpdated {
+            token: TokenInfo::of(&token, generation),
+        });
         let current = Deliverable {
             token: &token,
             generation: self.generation,
