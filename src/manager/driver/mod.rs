@@ -256,6 +256,8 @@ impl Driver {
                     continue;
                 }
             }
+            // Last, so that a woken caller finds the turn over (see `send_answers`).
+            self.fanout.send_answers();
             return Poll::Pending;
         }
     }
