@@ -4,7 +4,9 @@
 //!
 //! - `token_read`: `AccessManager::token()` against its floor, `ArcSwapOption::load_full` (an
 //!   arc-swap load and an `Arc` clone), and `with_token` against its floor, `ArcSwapOption::load`
-//!   (the same read of the borrowed token through an arc-swap guard); `AccessToken::clone` (one
+//!   (the same read of the borrowed token through an arc-swap guard), and beside it the same load
+//!   on the same data laid out as the manager holds it (a handle, its shared part, a snapshot
+//!   holding the token), which tells the manager's code from its shape; `AccessToken::clone` (one
 //!   reference count up, and down when the clone drops) for reference.
 //! - `token_read_2_threads`: the same reads by two threads on one source at once.
 //! - `update_token_from_task`, `update_token_block_on_current_thread`,
@@ -66,7 +68,30 @@ fn multi_thread() -> Runtime {
 struct Sources {
     manager: AccessManager,
     swap: ArcSwapOption<AccessToken>,
+    /// The same data laid out as the manager holds it.
+    shaped: ShapedManager,
     token: AccessToken,
+}
+
+/// `AccessManager` as it is laid out (`AccessManager` → `Handle` → `Shared`, which holds the
+/// snapshot): what `with_token` reads, with none of the manager's code.
+struct ShapedManager {
+    handle: Arc<ShapedHandle>,
+}
+
+struct ShapedHandle {
+    shared: Arc<ShapedShared>,
+}
+
+struct ShapedShared {
+    current: ArcSwapOption<ShapedPublished>,
+}
+
+/// The snapshot: the token and the clock offset it is judged with.
+struct ShapedPublished {
+    token: AccessToken,
+    #[allow(dead_code)]
+    applied_offset: i64,
 }
 
 fn token_read(c: &mut Criterion) {
@@ -78,6 +103,16 @@ fn token_read(c: &mut Criterion) {
     let token = manager.token().unwrap();
     let s = Sources {
         swap: ArcSwapOption::from_pointee(token.clone()),
+        shaped: ShapedManager {
+            handle: Arc::new(ShapedHandle {
+                shared: Arc::new(ShapedShared {
+                    current: ArcSwapOption::from_pointee(ShapedPublished {
+                        token: token.clone(),
+                        applied_offset: 0,
+                    }),
+                }),
+            }),
+        },
         token,
         manager,
     };
@@ -94,6 +129,14 @@ fn token_read(c: &mut Criterion) {
     // `with_token(expires_at)`'s floor: the same read through a guard.
     group.bench_function("ArcSwapOption::load(expires_at)", |b| {
         b.iter(|| black_box(&s.swap).load().as_ref().map(|t| t.expires_at()))
+    });
+    // The same read through the manager's shape: two pointers followed to the snapshot first.
+    group.bench_function("ArcSwapOption::load(expires_at), manager-shaped", |b| {
+        b.iter(|| {
+            let shaped = black_box(&s.shaped);
+            let current = shaped.handle.shared.current.load();
+            current.as_ref().map(|p| p.token.expires_at())
+        })
     });
     group.bench_function("AccessManager::token", |b| {
         b.iter(|| black_box(&s.manager).token())

@@ -47,6 +47,8 @@ echo "| \`token()\` | $(t "$ours") | arc-swap load + \`Arc\` clone $(t "$floor")
 ours=$(ns "$g/AccessManager__with_token(expires_at)")
 floor=$(ns "$g/ArcSwapOption__load(expires_at)")
 echo "| \`with_token(expires_at)\` | $(t "$ours") | arc-swap load $(t "$floor") | $(ratio "$ours" "$floor" 1.1) | $(t "$PEER_READ") | $(ratio "$ours" "$PEER_READ" | cut -d'|' -f1) |"
+shaped=$(ns "$g/ArcSwapOption__load(expires_at), manager-shaped")
+echo "| \`with_token(expires_at)\` | $(t "$ours") | the same load, manager-shaped $(t "$shaped") | $(ratio "$ours" "$shaped" 1.1) | | |"
 clone=$(ns "$g/AccessToken__clone (floor)")
 echo "| \`AccessToken::clone\` (reference) | $(t "$clone") | | | | | | |"
 g=token_read_2_threads

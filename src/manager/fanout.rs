@@ -182,11 +182,13 @@ impl Fanout {
         }
     }
 
-    /// Drops the unfinished calls one by one, each under `catch_unwind` (dropping one may run a
-    /// consumer's `Drop`, when ours is its last `Arc`; a panic escaping the set's own drop would
-    /// leak the calls after it), and the waiting callers (they answer `Closed`). The driver calls
-    /// it when it stops, which it does whenever it is dropped.
+    /// Answers the updates no consumer keeps waiting any more, then drops the unfinished calls
+    /// one by one, each under `catch_unwind` (dropping one may run a consumer's `Drop`, when ours
+    /// is its last `Arc`; a panic escaping the set's own drop would leak the calls after it), and
+    /// the waiting callers (they answer `Closed`). The driver calls it when it stops, which it does
+    /// whenever it is dropped.
     pub(super) fn abandon(&mut self) {
+        self.send_answers();
         for call in self.calls.running.take().into_iter().flatten() {
             let _ = drop_caught(call);
         }
@@ -273,7 +275,6 @@ impl Fanout {
                 failures: Vec::new(),
                 reply,
             });
-            self.answer_finished();
         }
     }
     /// A finished call, if any.
@@ -379,7 +380,6 @@ impl Fanout {
                 }
             }
         }
-        self.answer_finished();
     }
 
     /// Nobody waits for these consumers any more.
@@ -392,10 +392,13 @@ impl Fanout {
                 tracker.waiting.remove(id);
             }
         }
-        self.answer_finished();
     }
 
-    fn answer_finished(&mut self) {
+    /// Answers the `update_token` callers whose updates no consumer keeps waiting any more. The
+    /// driver calls it when its turn ends, not as each update completes: on a multi-thread
+    /// runtime, a caller woken while the driver still works is often taken by another worker, and
+    /// from then on the caller and the driver wake each other across threads on every update.
+    pub(super) fn send_answers(&mut self) {
         let mut i = 0;
         while i < self.trackers.len() {
             if self.trackers[i].waiting.is_empty() {
@@ -406,13 +409,13 @@ impl Fanout {
         }
     }
 
-    /// The app signed out: updates still waiting are answered with what was delivered so far, and
-    /// every consumer's `signed_out` is called (after its call in flight, if any). `reply` is
-    /// answered, and `SignedOut` emitted, once all of them have run (`SignedOut` sooner if a token
-    /// becomes current first: see [`Fanout::announce_sign_out`]).
+    /// The app signed out: updates still waiting are answered with what was delivered so far (when
+    /// the turn ends), and every consumer's `signed_out` is called (after its call in flight, if
+    /// any). `reply` is answered, and `SignedOut` emitted, once all of them have run (`SignedOut`
+    /// sooner if a token becomes current first: see [`Fanout::announce_sign_out`]).
     pub(super) fn sign_out(&mut self, shared: &Shared, reply: oneshot::Sender<()>) {
-        for tracker in self.trackers.drain(..) {
-            tracker.answer();
+        for tracker in &mut self.trackers {
+            tracker.waiting.clear();
         }
         self.sweep(shared);
         for (id, slot) in &mut self.slots {

@@ -236,6 +236,7 @@ impl AccessManager {
     /// assert_eq!(manager.token().unwrap().as_str(), jwt);
     /// # }
     /// ```
+    #[inline]
     pub fn token(&self) -> Option<AccessToken> {
         self.shared()
             .current
@@ -258,6 +259,7 @@ impl AccessManager {
     /// assert_eq!(header, Some(format!("Bearer {jwt}")));
     /// # }
     /// ```
+    #[inline]
     pub fn with_token<R>(&self, f: impl FnOnce(Option<&AccessToken>) -> R) -> R {
         let current = self.shared().current.load();
         f(current.as_ref().map(|p| &p.token))

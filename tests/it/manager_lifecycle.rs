@@ -235,6 +235,23 @@ async fn b12_an_update_waiting_on_a_slow_consumer_answers_closed_at_shutdown() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn b12_an_update_with_every_delivery_done_is_answered_even_when_shutdown_follows_in_the_same_turn(
+) {
+    let clock = clock();
+    let manager = AccessManager::builder()
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let jwt = mint("alice", T0, 3600);
+    // Both commands are queued before the manager's task runs: it takes the token, owes no
+    // consumer anything, then stops, all in one turn.
+    let (report, ()) = tokio::join!(manager.update_token(&jwt), manager.shutdown());
+    let report = report.expect("the update was taken before the shutdown");
+    assert!(report.changed());
+    assert_eq!(report.token().as_str(), jwt);
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn b12_dropping_the_last_handle_stops_the_manager() {
     let clock = clock();
     let (fetcher, mut calls) = scripted();

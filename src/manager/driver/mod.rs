@@ -256,6 +256,8 @@ impl Driver {
                     continue;
                 }
             }
+            // Last, so that a woken caller finds the turn over (see `send_answers`).
+            self.fanout.send_answers();
             return Poll::Pending;
         }
     }
@@ -469,9 +471,12 @@ impl Driver {
             expires_unix = token.exp_secs(),
             "token updated"
         );
-        let updated = TokenInfo::of(&token, self.generation);
         self.fanout.announce_sign_out(&self.shared);
-        self.shared.emit(|| Event::TokenUpdated { token: updated });
+        // Made only for subscribers: without any, an update builds no `TokenInfo`.
+        let generation = self.generation;
+        self.shared.emit(|| Event::TokenUpdated {
+            token: TokenInfo::of(&token, generation),
+        });
         let current = Deliverable {
             token: &token,
             generation: self.generation,
