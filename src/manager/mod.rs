@@ -613,8 +613,9 @@ impl AccessManager {
         self.shared().unregister(id)
     }
 
-    /// How many consumers are registered (including any whose `Arc` was dropped but not yet
-    /// noticed).
+    /// How many consumers are registered. A consumer whose last `Arc` the app dropped counts until
+    /// the manager notices, at its next token or registration (an idle manager does no work to
+    /// find out); `unregister` removes it at once.
     ///
     /// ```
     /// use access_manager::{async_trait, AccessManager, AccessToken, ConsumerError, TokenConsumer};
