@@ -614,8 +614,8 @@ impl AccessManager {
     }
 
     /// How many consumers are registered. A consumer whose last `Arc` the app dropped counts until
-    /// the manager notices, at its next token or registration (an idle manager does no work to
-    /// find out); `unregister` removes it at once.
+    /// the manager notices: at its next token, or when registrations have doubled the list since
+    /// it last looked (an idle manager does no work to find out). `unregister` removes one at once.
     ///
     /// ```
     /// use access_manager::{async_trait, AccessManager, AccessToken, ConsumerError, TokenConsumer};
