@@ -5,8 +5,8 @@
 //! - `token_read`: `AccessManager::token()` against its floor, `ArcSwapOption::load_full` (an
 //!   arc-swap load and an `Arc` clone), and `with_token` against its floor, `ArcSwapOption::load`
 //!   (the same read of the borrowed token through an arc-swap guard), and beside it the same load
-//!   on the same data laid out as the manager holds it (a handle, its shared part, a snapshot
-//!   holding the token), which tells the manager's code from its shape; `AccessToken::clone` (one
+//!   on the same data laid out as the manager holds it (its shared part, a snapshot holding the
+//!   token), which tells the manager's code from its shape; `AccessToken::clone` (one
 //!   reference count up, and down when the clone drops) for reference.
 //! - `token_read_2_threads`: the same reads by two threads on one source at once.
 //! - `update_token_from_task`, `update_token_block_on_current_thread`,
@@ -73,13 +73,9 @@ struct Sources {
     token: AccessToken,
 }
 
-/// `AccessManager` as it is laid out (`AccessManager` → `Handle` → `Shared`, which holds the
-/// snapshot): what `with_token` reads, with none of the manager's code.
+/// `AccessManager` as it is laid out (`AccessManager` → `Shared`, which holds the snapshot): what
+/// `with_token` reads, with none of the manager's code.
 struct ShapedManager {
-    handle: Arc<ShapedHandle>,
-}
-
-struct ShapedHandle {
     shared: Arc<ShapedShared>,
 }
 
@@ -104,12 +100,10 @@ fn token_read(c: &mut Criterion) {
     let s = Sources {
         swap: ArcSwapOption::from_pointee(token.clone()),
         shaped: ShapedManager {
-            handle: Arc::new(ShapedHandle {
-                shared: Arc::new(ShapedShared {
-                    current: ArcSwapOption::from_pointee(ShapedPublished {
-                        token: token.clone(),
-                        applied_offset: 0,
-                    }),
+            shared: Arc::new(ShapedShared {
+                current: ArcSwapOption::from_pointee(ShapedPublished {
+                    token: token.clone(),
+                    applied_offset: 0,
                 }),
             }),
         },
@@ -130,11 +124,11 @@ fn token_read(c: &mut Criterion) {
     group.bench_function("ArcSwapOption::load(expires_at)", |b| {
         b.iter(|| black_box(&s.swap).load().as_ref().map(|t| t.expires_at()))
     });
-    // The same read through the manager's shape: two pointers followed to the snapshot first.
+    // The same read through the manager's shape: one pointer followed to the snapshot first.
     group.bench_function("ArcSwapOption::load(expires_at), manager-shaped", |b| {
         b.iter(|| {
             let shaped = black_box(&s.shaped);
-            let current = shaped.handle.shared.current.load();
+            let current = shaped.shared.current.load();
             current.as_ref().map(|p| p.token.expires_at())
         })
     });

@@ -610,7 +610,10 @@ impl AccessManagerBuilder {
         // The task is the driver: it ends when the last handle is dropped or on `shutdown()`.
         runtime.spawn(Driver::new(config, shared.clone(), start));
         let manager = AccessManager {
-            handle: Arc::new(Handle { shared }),
+            handle: Arc::new(Handle {
+                shared: shared.clone(),
+            }),
+            shared,
         };
         Ok((manager, events))
     }

@@ -128,6 +128,9 @@ use tokio::sync::oneshot;
 #[derive(Clone)]
 pub struct AccessManager {
     handle: Arc<Handle>,
+    /// The handle's shared part, held here too (it never changes), so that a read follows one
+    /// pointer to the published token instead of two.
+    shared: Arc<Shared>,
 }
 
 /// A handle that does not keep its manager alive: for plugins that need to call their manager.
@@ -174,7 +177,10 @@ impl WeakAccessManager {
     /// # }
     /// ```
     pub fn upgrade(&self) -> Option<AccessManager> {
-        self.handle.upgrade().map(|handle| AccessManager { handle })
+        self.handle.upgrade().map(|handle| AccessManager {
+            shared: handle.shared.clone(),
+            handle,
+        })
     }
 }
 
@@ -198,8 +204,9 @@ impl Drop for Handle {
 }
 
 impl AccessManager {
+    #[inline]
     fn shared(&self) -> &Shared {
-        &self.handle.shared
+        &self.shared
     }
 
     /// A handle that does not keep the manager alive.
